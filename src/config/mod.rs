@@ -1,0 +1,698 @@
+//! Configuration: one TOML file, read into the raw serde mirror (`raw.rs`), then
+//! validated into the typed [`Config`] below. Every error names the file and the
+//! dotted key (`upstream.timeout`, `libraries[0].traffic_limit.min`), because
+//! `smh-gateway check` prints it and an operator has to find the line.
+//!
+//! Reading secrets (env vars, key files) is not done here but in
+//! `proxy::auth::Verifier::from_config` and `proxy::rewrite::Credential`: the file can
+//! be validated on a machine that does not hold the secrets, and `check` then runs
+//! both steps.
+
+mod raw;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use jsonwebtoken::Algorithm;
+
+use raw::{RawConfig, RawTrafficLimit};
+
+/// A configuration problem: the file, the dotted key when there is one, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &Path, key: Option<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: {}: {}", self.file.display(), key, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole validated configuration. Cloneable so that a reload can build a new
+/// one beside the running one and swap it in atomically.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from: key and secret file paths are reported against it.
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    pub traffic_limit: TrafficLimitBounds,
+    pub libraries: Vec<LibraryConfig>,
+    pub cache: CacheConfig,
+    pub routes: RoutesConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Base URL; the request path is appended to its own path.
+    pub url: Uri,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub ca_file: Option<PathBuf>,
+    pub credential: CredentialMode,
+}
+
+/// Which access_token the gateway sends upstream (SPEC §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialMode {
+    /// The caller's own token.
+    Passthrough,
+    /// The value of this claim of the verified token.
+    Claim(String),
+    /// The SMH token in this environment variable.
+    Static { env: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub leeway: Duration,
+    pub max_token_bytes: usize,
+    pub issuers: Option<Vec<String>>,
+    pub audiences: Option<Vec<String>>,
+    pub jwks_file: Option<PathBuf>,
+    pub keys: Vec<KeyConfig>,
+    pub claims: ClaimNames,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub issuer: Option<String>,
+    pub source: KeySource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    SecretEnv(String),
+    SecretFile(PathBuf),
+    PublicKeyFile(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimNames {
+    pub permissions: String,
+    pub library: String,
+    pub space: String,
+    pub user: String,
+}
+
+/// A traffic_limit range in bytes/s, and the value sent when the caller sends none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficLimitBounds {
+    pub min: u64,
+    pub max: u64,
+    pub default: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LibraryConfig {
+    pub id: String,
+    pub multi_tenant: bool,
+    /// The library's own bounds, already merged with the global ones.
+    pub traffic_limit: TrafficLimitBounds,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub backend: CacheBackend,
+    pub redis_url: String,
+    pub max_entries: usize,
+    pub min_remaining: Duration,
+    pub max_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheBackend {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutesConfig {
+    pub unmatched: Unmatched,
+}
+
+/// What happens to a request that is not a known operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    Deny,
+    Forward,
+}
+
+/// The algorithms SPEC §2 lists; anything else in `alg` is a config error.
+pub const SUPPORTED_ALGS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
+];
+
+pub fn parse_alg(name: &str) -> Option<Algorithm> {
+    if !SUPPORTED_ALGS.contains(&name) {
+        return None;
+    }
+    name.parse().ok()
+}
+
+/// Global traffic_limit defaults (SPEC §4): 100 KiB/s to 100 MiB/s.
+pub const TRAFFIC_LIMIT_MIN: u64 = 102_400;
+pub const TRAFFIC_LIMIT_MAX: u64 = 104_857_600;
+
+impl Config {
+    /// Read and validate a file. Does not touch secrets or the network.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, None, format!("cannot read file: {e}")))?;
+        Config::parse(path, &text)
+    }
+
+    /// Validate TOML text; `path` is only used in messages and to resolve nothing.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw = parse_raw(path, text)?;
+        Validator { file: path }.config(raw)
+    }
+
+    /// The traffic_limit bounds that apply to a library.
+    pub fn traffic_limit_for(&self, library: &str) -> &TrafficLimitBounds {
+        self.library(library)
+            .map(|l| &l.traffic_limit)
+            .unwrap_or(&self.traffic_limit)
+    }
+
+    pub fn library(&self, id: &str) -> Option<&LibraryConfig> {
+        self.libraries.iter().find(|l| l.id == id)
+    }
+}
+
+fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| ConfigError::new(path, None, format!("TOML syntax: {}", one_line(&e))))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut key = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().to_string();
+        // serde reports an unknown field at its parent; name the field itself.
+        if let Some(field) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            key = if key == "." {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+        let key = (key != ".").then_some(key);
+        ConfigError::new(path, key, one_line(&message))
+    })
+}
+
+fn one_line(e: &impl fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Turns the raw mirror into the typed config, naming the key of each problem.
+struct Validator<'a> {
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.file, Some(key.to_string()), message)
+    }
+
+    fn duration(&self, key: &str, value: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(value).map_err(|e| {
+            self.err(
+                key,
+                format!("invalid duration {value:?} ({e}); use e.g. \"250ms\", \"10s\", \"5m\""),
+            )
+        })
+    }
+
+    fn positive_duration(&self, key: &str, value: &str) -> Result<Duration, ConfigError> {
+        let d = self.duration(key, value)?;
+        if d.is_zero() {
+            return Err(self.err(key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn addr(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("invalid address {value:?}; use IP:PORT, e.g. \"127.0.0.1:8080\""),
+            )
+        })
+    }
+
+    fn count(&self, key: &str, value: u64, min: u64) -> Result<usize, ConfigError> {
+        if value < min {
+            return Err(self.err(key, format!("must be at least {min}, got {value}")));
+        }
+        usize::try_from(value).map_err(|_| self.err(key, "too large"))
+    }
+
+    fn path(&self, key: &str, value: &str) -> Result<PathBuf, ConfigError> {
+        if value.is_empty() {
+            return Err(self.err(key, "must not be empty"));
+        }
+        Ok(PathBuf::from(value))
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let traffic_limit = self.global_traffic_limit(&raw.traffic_limit)?;
+        let libraries = self.libraries(&raw.libraries, &traffic_limit)?;
+        Ok(Config {
+            source: self.file.to_path_buf(),
+            server: self.server(&raw.server)?,
+            admin: AdminConfig {
+                listen: self.addr("admin.listen", &raw.admin.listen)?,
+            },
+            upstream: self.upstream(&raw.upstream)?,
+            auth: self.auth(&raw.auth)?,
+            traffic_limit,
+            libraries,
+            cache: self.cache(&raw.cache)?,
+            routes: RoutesConfig {
+                unmatched: match raw.routes.unmatched.as_str() {
+                    "deny" => Unmatched::Deny,
+                    "forward" => Unmatched::Forward,
+                    other => {
+                        return Err(self.err(
+                            "routes.unmatched",
+                            format!("must be \"deny\" or \"forward\", got {other:?}"),
+                        ));
+                    }
+                },
+            },
+        })
+    }
+
+    fn server(&self, s: &raw::RawServer) -> Result<ServerConfig, ConfigError> {
+        let tls = match (&s.tls_cert, &s.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: self.path("server.tls_cert", cert)?,
+                key: self.path("server.tls_key", key)?,
+            }),
+            (Some(_), None) => {
+                return Err(self.err("server.tls_key", "required when server.tls_cert is set"));
+            }
+            (None, Some(_)) => {
+                return Err(self.err("server.tls_cert", "required when server.tls_key is set"));
+            }
+        };
+        Ok(ServerConfig {
+            listen: self.addr("server.listen", &s.listen)?,
+            tls,
+            shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace)?,
+            header_read_timeout: self
+                .positive_duration("server.header_read_timeout", &s.header_read_timeout)?,
+            idle_timeout: self.positive_duration("server.idle_timeout", &s.idle_timeout)?,
+            max_header_bytes: self.count("server.max_header_bytes", s.max_header_bytes, 1024)?,
+            max_uri_bytes: self.count("server.max_uri_bytes", s.max_uri_bytes, 256)?,
+            max_body_bytes: self.count("server.max_body_bytes", s.max_body_bytes, 0)?,
+            max_connections: self.count("server.max_connections", s.max_connections, 1)?,
+            max_in_flight: self.count("server.max_in_flight", s.max_in_flight, 1)?,
+        })
+    }
+
+    fn upstream(&self, u: &raw::RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let Some(url) = &u.url else {
+            return Err(self.err(
+                "upstream.url",
+                "required (the SMH base URL, e.g. \"https://api.tencentsmh.cn\")",
+            ));
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| self.err("upstream.url", format!("invalid URL {url:?}")))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => {
+                return Err(self.err(
+                    "upstream.url",
+                    format!("must start with http:// or https://, got {url:?}"),
+                ));
+            }
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(self.err("upstream.url", format!("has no host: {url:?}")));
+        }
+        if uri.query().is_some() {
+            return Err(self.err("upstream.url", "must not carry a query"));
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(self.err("upstream.url", "must not carry user info"));
+        }
+        let credential = match u.credential.as_str() {
+            "passthrough" => CredentialMode::Passthrough,
+            "claim" => {
+                if u.credential_claim.is_empty() {
+                    return Err(self.err("upstream.credential_claim", "must not be empty"));
+                }
+                CredentialMode::Claim(u.credential_claim.clone())
+            }
+            "static" => {
+                if u.credential_env.is_empty() {
+                    return Err(self.err("upstream.credential_env", "must not be empty"));
+                }
+                CredentialMode::Static {
+                    env: u.credential_env.clone(),
+                }
+            }
+            other => {
+                return Err(self.err(
+                    "upstream.credential",
+                    format!("must be \"passthrough\", \"claim\" or \"static\", got {other:?}"),
+                ));
+            }
+        };
+        Ok(UpstreamConfig {
+            url: uri,
+            connect_timeout: self
+                .positive_duration("upstream.connect_timeout", &u.connect_timeout)?,
+            timeout: self.positive_duration("upstream.timeout", &u.timeout)?,
+            retries: u32::try_from(u.retries)
+                .ok()
+                .filter(|r| *r <= 10)
+                .ok_or_else(|| {
+                    self.err(
+                        "upstream.retries",
+                        format!("must be 0..=10, got {}", u.retries),
+                    )
+                })?,
+            ca_file: u
+                .ca_file
+                .as_deref()
+                .map(|p| self.path("upstream.ca_file", p))
+                .transpose()?,
+            credential,
+        })
+    }
+
+    fn auth(&self, a: &raw::RawAuth) -> Result<AuthConfig, ConfigError> {
+        let mut keys = Vec::with_capacity(a.keys.len());
+        let mut seen = HashSet::new();
+        for (i, k) in a.keys.iter().enumerate() {
+            let at = |field: &str| format!("auth.keys[{i}].{field}");
+            if k.kid.is_empty() {
+                return Err(self.err(&at("kid"), "must not be empty"));
+            }
+            if !seen.insert((k.issuer.clone(), k.kid.clone())) {
+                return Err(self.err(
+                    &at("kid"),
+                    format!("duplicate kid {:?} for this issuer", k.kid),
+                ));
+            }
+            let alg = parse_alg(&k.alg).ok_or_else(|| {
+                self.err(
+                    &at("alg"),
+                    format!(
+                        "unsupported algorithm {:?}; one of {}",
+                        k.alg,
+                        SUPPORTED_ALGS.join(", ")
+                    ),
+                )
+            })?;
+            let is_hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+            let source = match (&k.secret_env, &k.secret_file, &k.public_key_file) {
+                (Some(env), None, None) if is_hmac => {
+                    if env.is_empty() {
+                        return Err(self.err(&at("secret_env"), "must not be empty"));
+                    }
+                    KeySource::SecretEnv(env.clone())
+                }
+                (None, Some(file), None) if is_hmac => {
+                    KeySource::SecretFile(self.path(&at("secret_file"), file)?)
+                }
+                (None, None, Some(file)) if !is_hmac => {
+                    KeySource::PublicKeyFile(self.path(&at("public_key_file"), file)?)
+                }
+                (None, None, None) => {
+                    let want = if is_hmac {
+                        "secret_env or secret_file"
+                    } else {
+                        "public_key_file"
+                    };
+                    return Err(self.err(&at("kid"), format!("key {:?} needs {want}", k.kid)));
+                }
+                (_, _, Some(_)) if is_hmac => {
+                    return Err(self.err(
+                        &at("public_key_file"),
+                        format!(
+                            "{} is an HMAC algorithm: use secret_env or secret_file",
+                            k.alg
+                        ),
+                    ));
+                }
+                (Some(_), _, _) | (_, Some(_), _) if !is_hmac => {
+                    let field = if k.secret_env.is_some() {
+                        "secret_env"
+                    } else {
+                        "secret_file"
+                    };
+                    return Err(self.err(
+                        &at(field),
+                        format!("{} is a public-key algorithm: use public_key_file", k.alg),
+                    ));
+                }
+                _ => {
+                    return Err(self.err(
+                        &at("kid"),
+                        "give exactly one of secret_env, secret_file, public_key_file",
+                    ));
+                }
+            };
+            if k.issuer.as_deref() == Some("") {
+                return Err(self.err(&at("issuer"), "must not be empty (leave it out instead)"));
+            }
+            keys.push(KeyConfig {
+                kid: k.kid.clone(),
+                alg,
+                issuer: k.issuer.clone(),
+                source,
+            });
+        }
+        let jwks_file = a
+            .jwks_file
+            .as_deref()
+            .map(|p| self.path("auth.jwks_file", p))
+            .transpose()?;
+        if keys.is_empty() && jwks_file.is_none() {
+            return Err(self.err(
+                "auth.keys",
+                "at least one key is required (in auth.keys or auth.jwks_file)",
+            ));
+        }
+        let list =
+            |key: &str, v: &Option<Vec<String>>| -> Result<Option<Vec<String>>, ConfigError> {
+                match v {
+                    Some(items) if items.is_empty() => {
+                        Err(self.err(key, "must not be empty (leave it out to skip the check)"))
+                    }
+                    Some(items) if items.iter().any(String::is_empty) => {
+                        Err(self.err(key, "must not hold an empty string"))
+                    }
+                    other => Ok(other.clone()),
+                }
+            };
+        let claim = |field: &str, v: &str| -> Result<String, ConfigError> {
+            if v.is_empty() {
+                return Err(self.err(&format!("auth.claims.{field}"), "must not be empty"));
+            }
+            Ok(v.to_string())
+        };
+        Ok(AuthConfig {
+            leeway: self.duration("auth.leeway", &a.leeway)?,
+            max_token_bytes: self.count("auth.max_token_bytes", a.max_token_bytes, 64)?,
+            issuers: list("auth.issuers", &a.issuers)?,
+            audiences: list("auth.audiences", &a.audiences)?,
+            jwks_file,
+            keys,
+            claims: ClaimNames {
+                permissions: claim("permissions", &a.claims.permissions)?,
+                library: claim("library", &a.claims.library)?,
+                space: claim("space", &a.claims.space)?,
+                user: claim("user", &a.claims.user)?,
+            },
+        })
+    }
+
+    fn global_traffic_limit(&self, t: &RawTrafficLimit) -> Result<TrafficLimitBounds, ConfigError> {
+        let bounds = TrafficLimitBounds {
+            min: t.min.unwrap_or(TRAFFIC_LIMIT_MIN),
+            max: t.max.unwrap_or(TRAFFIC_LIMIT_MAX),
+            default: t.default,
+        };
+        self.check_bounds("traffic_limit", &bounds)?;
+        Ok(bounds)
+    }
+
+    fn check_bounds(&self, key: &str, b: &TrafficLimitBounds) -> Result<(), ConfigError> {
+        if b.min == 0 {
+            return Err(self.err(&format!("{key}.min"), "must be greater than zero"));
+        }
+        if b.min > b.max {
+            return Err(self.err(
+                &format!("{key}.min"),
+                format!("{} is above max {}", b.min, b.max),
+            ));
+        }
+        if let Some(d) = b.default
+            && !(b.min..=b.max).contains(&d)
+        {
+            return Err(self.err(
+                &format!("{key}.default"),
+                format!("{d} is outside [{}, {}]", b.min, b.max),
+            ));
+        }
+        Ok(())
+    }
+
+    fn libraries(
+        &self,
+        libs: &[raw::RawLibrary],
+        global: &TrafficLimitBounds,
+    ) -> Result<Vec<LibraryConfig>, ConfigError> {
+        let mut out = Vec::with_capacity(libs.len());
+        let mut seen = HashSet::new();
+        for (i, l) in libs.iter().enumerate() {
+            let at = format!("libraries[{i}]");
+            if !crate::proxy::route::is_valid_id(&l.id) {
+                return Err(self.err(
+                    &format!("{at}.id"),
+                    format!("invalid library id {:?}", l.id),
+                ));
+            }
+            if !seen.insert(l.id.clone()) {
+                return Err(self.err(
+                    &format!("{at}.id"),
+                    format!("duplicate library id {:?}", l.id),
+                ));
+            }
+            let traffic_limit = match &l.traffic_limit {
+                None => *global,
+                Some(t) => {
+                    let key = format!("{at}.traffic_limit");
+                    let b = TrafficLimitBounds {
+                        min: t.min.unwrap_or(global.min),
+                        max: t.max.unwrap_or(global.max),
+                        default: t.default.or(global.default.filter(|d| {
+                            (t.min.unwrap_or(global.min)..=t.max.unwrap_or(global.max)).contains(d)
+                        })),
+                    };
+                    self.check_bounds(&key, &b)?;
+                    if b.min < global.min || b.max > global.max {
+                        return Err(self.err(
+                            &key,
+                            format!(
+                                "[{}, {}] is outside the global range [{}, {}]",
+                                b.min, b.max, global.min, global.max
+                            ),
+                        ));
+                    }
+                    b
+                }
+            };
+            out.push(LibraryConfig {
+                id: l.id.clone(),
+                multi_tenant: l.multi_tenant,
+                traffic_limit,
+            });
+        }
+        Ok(out)
+    }
+
+    fn cache(&self, c: &raw::RawCache) -> Result<CacheConfig, ConfigError> {
+        let backend = match c.backend.as_str() {
+            "memory" => CacheBackend::Memory,
+            "redis" => CacheBackend::Redis,
+            other => {
+                return Err(self.err(
+                    "cache.backend",
+                    format!("must be \"memory\" or \"redis\", got {other:?}"),
+                ));
+            }
+        };
+        if !(c.redis_url.starts_with("redis://")
+            || c.redis_url.starts_with("rediss://")
+            || c.redis_url.starts_with("unix://"))
+        {
+            return Err(self.err(
+                "cache.redis_url",
+                format!(
+                    "must be a redis://, rediss:// or unix:// URL, got {:?}",
+                    c.redis_url
+                ),
+            ));
+        }
+        Ok(CacheConfig {
+            enabled: c.enabled,
+            backend,
+            redis_url: c.redis_url.clone(),
+            max_entries: self.count("cache.max_entries", c.max_entries, 1)?,
+            min_remaining: self.duration("cache.min_remaining", &c.min_remaining)?,
+            max_ttl: self.positive_duration("cache.max_ttl", &c.max_ttl)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,27 @@
+//! smh-gateway: a reverse proxy in front of Smart Media Hosting (SMH) that verifies
+//! access tokens, enforces SMH's permissions and scopes, clamps traffic_limit and
+//! forwards exactly what it checked. `../README.md` has the whole picture; the
+//! request pipeline starts in [`proxy`].
+//!
+//! Module map, in the order a request meets them:
+//! - [`server`]: listeners, TLS, connection limits, graceful drain
+//! - [`proxy`]: the pipeline (`route` → `auth` → `policy` → `rewrite` → `upstream`)
+//! - [`error`]: the one mapping from an error to status and SMH code
+//! - [`access_log`]: one JSON line per request
+//! - [`admin`]: `/healthz`, `/readyz`
+//! - [`config`]: the TOML file, validated
+//!
+//! Tools around it: [`token`] (minting), [`mock_upstream`], [`demo`].
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod log;
+pub mod mock_upstream;
+pub mod proxy;
+pub mod request_id;
+pub mod secret;
+pub mod server;
+pub mod token;

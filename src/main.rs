@@ -1,0 +1,209 @@
+//! The CLI (SPEC §9): parse arguments, load and validate the config (exit 2 on any
+//! configuration problem, before a port is bound), then run.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use smh_gateway::access_log::AccessLog;
+use smh_gateway::config::{Config, ConfigError};
+use smh_gateway::log;
+use smh_gateway::proxy::{Gateway, Settings};
+use smh_gateway::server::{Server, StartError, prepare};
+use smh_gateway::token::{TokenSpec, mint, parse_permissions};
+
+/// Exit status for any configuration problem.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "smh-gateway",
+    version,
+    about = "A verifying reverse proxy in front of Smart Media Hosting (SMH)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file (keys, env vars, files); exit 0, or 2 naming the key.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Mint a token with a configured HMAC key; prints the JWT alone.
+    Token {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        kid: String,
+        #[arg(long)]
+        library: String,
+        /// A space the token covers; repeat for several.
+        #[arg(long = "space")]
+        spaces: Vec<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// Comma-separated SMH grants, e.g. upload_file,begin_upload.
+        #[arg(long)]
+        permissions: String,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// The gateway and a built-in mock SMH upstream on loopback, with curl examples.
+    Demo,
+    /// The mock SMH upstream alone.
+    MockUpstream {
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Token {
+            config,
+            kid,
+            library,
+            spaces,
+            user,
+            permissions,
+            ttl,
+        } => {
+            let spec = TokenSpec {
+                kid,
+                library,
+                spaces,
+                user,
+                permissions: parse_permissions(&permissions),
+                ttl,
+            };
+            match Config::load(&config).and_then(|c| mint(&c, &spec)) {
+                Ok(token) => {
+                    println!("{}", token.expose());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => config_failure(&e),
+            }
+        }
+        Command::Serve { config } => serve(&config),
+        Command::Demo => runtime().block_on(async {
+            match smh_gateway::demo::run().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        Command::MockUpstream { listen } => runtime().block_on(async {
+            match smh_gateway::mock_upstream::MockUpstream::start(listen).await {
+                Ok(mock) => {
+                    log::info(&format!("mock SMH upstream listening on {}", mock.addr()));
+                    let _ = tokio::signal::ctrl_c().await;
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot listen on {listen}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    // Honours TOKIO_WORKER_THREADS, like #[tokio::main].
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn config_failure(e: &ConfigError) -> ExitCode {
+    eprintln!("config error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn check(path: &Path) -> ExitCode {
+    let result = Config::load(path).and_then(|config| prepare(config).map(|_| ()));
+    match result {
+        Ok(()) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_failure(&e),
+    }
+}
+
+fn serve(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_failure(&e),
+    };
+    runtime().block_on(async move {
+        let server = match Server::bind(config, AccessLog::stdout()).await {
+            Ok(s) => s,
+            Err(StartError::Config(e)) => return config_failure(&e),
+            Err(e) => {
+                log::error(&e.to_string());
+                return ExitCode::FAILURE;
+            }
+        };
+        log::info(&format!(
+            "listening on {} (admin {})",
+            server.local_addr(),
+            server.admin_addr()
+        ));
+        tokio::spawn(reload_on_sighup(server.gateway(), path.to_path_buf()));
+        server.run(terminate()).await;
+        log::info("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGTERM or SIGINT.
+async fn terminate() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => log::info("SIGTERM: draining"),
+        _ = int.recv() => log::info("SIGINT: draining"),
+    }
+}
+
+/// SIGHUP re-reads the config and its keys; an invalid one is logged and the
+/// running one kept. Listeners, TLS and the upstream client are fixed at start.
+async fn reload_on_sighup(gateway: Arc<Gateway>, path: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Config::load(&path).and_then(Settings::from_config) {
+            Ok(settings) => {
+                gateway.replace_settings(settings);
+                log::info(&format!(
+                    "SIGHUP: reloaded {} (keys, claims, libraries, traffic_limit, routes and credential apply now; listeners, TLS, server limits and upstream need a restart)",
+                    path.display()
+                ));
+            }
+            Err(e) => log::error(&format!(
+                "SIGHUP: reload failed, keeping the running config: {e}"
+            )),
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The request pipeline. Every request runs these phases in order; each phase is
+//! its own module and returns `Result<_, GatewayError>`, so the first failure
+//! answers (SPEC §3's check order falls out of the order of the `?`s below):
+//!
+//! ```text
+//! client ─> limits ─> route ─> auth ─> policy ─> rewrite ─> upstream ─> response
+//!           414/431/  404/400  400/403 404/403/   (clamp,    502/504
+//!           413/503                    400        credential,
+//!                                                 canonical query)
+//!   any Err(GatewayError) ─> error.rs ─> SMH JSON error
+//!   every request ─> one access-log line (access_log.rs)
+//! ```
+//!
+//! [`Gateway::handle`] is the outer handler: it owns the request id, turns errors
+//! into responses and logs. The inner `dispatch` uses `?` and never builds an error
+//! response itself.
+
+pub mod auth;
+pub mod headers;
+pub mod policy;
+pub mod rewrite;
+pub mod route;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, header};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::config::{Config, ConfigError, Unmatched};
+use crate::error::GatewayError;
+use crate::request_id::RequestIds;
+use auth::Verifier;
+use rewrite::{Clamp, CredentialSource};
+use route::{Operation, RenewRequest, RouteName};
+use upstream::{Upstream, UpstreamRequest};
+
+/// What the gateway answers with: a buffered body (its own errors, renew answers)
+/// or the upstream's body streamed through (forwarded routes).
+pub type ResponseBody = Either<Full<Bytes>, Incoming>;
+
+/// Everything derived from one config file, swapped as a whole on reload so that a
+/// request sees one consistent version from start to end.
+pub struct Settings {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub credential: CredentialSource,
+}
+
+impl Settings {
+    /// Loads the secrets the config names. Fails (exit 2 at start) when a key file
+    /// is unreadable or an env var is missing.
+    pub fn from_config(config: Config) -> Result<Settings, ConfigError> {
+        Ok(Settings {
+            verifier: Verifier::from_config(&config)?,
+            credential: CredentialSource::from_config(&config)?,
+            config,
+        })
+    }
+}
+
+/// How the client reached us, for `X-Forwarded-*` and the log.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+    /// `"http"` or `"https"`.
+    pub proto: &'static str,
+}
+
+/// What a request did, filled in by the phases as they run; the access log (and
+/// later the metrics) record it once, at the end.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub route: RouteName,
+    pub upstream_status: Option<u16>,
+    pub clamp: Clamp,
+    pub library: Option<String>,
+}
+
+/// The shared state of the running gateway.
+pub struct Gateway {
+    settings: ArcSwap<Settings>,
+    upstream: Upstream,
+    in_flight: Semaphore,
+    request_ids: RequestIds,
+    access_log: AccessLog,
+}
+
+impl Gateway {
+    pub fn new(settings: Settings, upstream: Upstream, access_log: AccessLog) -> Gateway {
+        let max_in_flight = settings
+            .config
+            .server
+            .max_in_flight
+            .min(Semaphore::MAX_PERMITS);
+        Gateway {
+            settings: ArcSwap::from_pointee(settings),
+            upstream,
+            in_flight: Semaphore::new(max_in_flight),
+            request_ids: RequestIds::new(),
+            access_log,
+        }
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Swaps in new settings; requests already running keep the old ones.
+    pub fn replace_settings(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// The outer handler: never fails, always logs once.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: ClientInfo,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let request_id =
+            headers::incoming_request_id(req.headers()).unwrap_or_else(|| self.request_ids.next());
+        let method = req.method().clone();
+        let settings = self.settings.load_full();
+        let mut outcome = Outcome {
+            route: RouteName::Unmatched,
+            upstream_status: None,
+            clamp: Clamp::Unchanged,
+            library: None,
+        };
+        let result = self
+            .dispatch(&settings, req, client, &request_id, &mut outcome)
+            .await;
+        let (mut resp, reason) = match result {
+            Ok(resp) => (resp, None),
+            Err(e) => (
+                e.to_response(&request_id)
+                    .map(|b| Either::Left(Full::new(b))),
+                Some(e.reason()),
+            ),
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
+        }
+        self.access_log.record(AccessRecord {
+            request_id,
+            method,
+            route: outcome.route,
+            status: resp.status().as_u16(),
+            duration: started.elapsed(),
+            upstream_status: outcome.upstream_status,
+            cache: None,
+            client: client.addr,
+            reason,
+        });
+        resp
+    }
+
+    async fn dispatch(
+        &self,
+        settings: &Settings,
+        req: Request<Incoming>,
+        client: ClientInfo,
+        request_id: &str,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        check_limits(&settings.config, &req)?;
+        let _permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| GatewayError::ServerOverloaded)?;
+        let op = route::parse(req.method(), req.uri(), req.headers())?;
+        outcome.route = op.route();
+        match op {
+            Operation::Renew(renew) => {
+                self.renew(settings, renew, req, client, request_id, outcome)
+                    .await
+            }
+            Operation::Unmatched => match settings.config.routes.unmatched {
+                Unmatched::Deny => Err(GatewayError::RouteNotFound),
+                Unmatched::Forward => {
+                    self.forward(settings, req, client, request_id, outcome)
+                        .await
+                }
+            },
+        }
+    }
+
+    async fn renew(
+        &self,
+        settings: &Settings,
+        renew: RenewRequest,
+        req: Request<Incoming>,
+        client: ClientInfo,
+        request_id: &str,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let config = &settings.config;
+        let (parts, body) = req.into_parts();
+        // SDKs send an empty form body; whatever comes is read (bounded) and dropped.
+        read_request_body(body, config.server.max_body_bytes).await?;
+
+        let token = renew.token.as_ref().ok_or(GatewayError::EmptyAccessToken)?;
+        let principal = settings
+            .verifier
+            .verify(token)
+            .map_err(GatewayError::InvalidAccessToken)?;
+        policy::authorize(
+            &config.libraries,
+            &principal,
+            &renew.scope,
+            RouteName::Renew.permissions(),
+            renew.user_id.as_deref(),
+        )?;
+        outcome.library = Some(renew.scope.library.clone());
+
+        let bounds = config.traffic_limit_for(&renew.scope.library);
+        let (traffic_limit, clamp) = rewrite::clamp_traffic_limit(renew.traffic_limit, bounds);
+        outcome.clamp = clamp;
+        let (credential, user_id) =
+            settings
+                .credential
+                .choose(token, &principal, renew.user_id.as_deref())?;
+        let path_and_query = format!(
+            "{}?{}",
+            rewrite::renew_path(self.upstream.base_path(), &renew),
+            rewrite::renew_query(&credential, user_id.as_deref(), traffic_limit)
+        );
+
+        let mut headers = headers::upstream_request_headers(
+            &parts.headers,
+            client.addr,
+            client.proto,
+            request_id,
+        );
+        headers.remove(header::CONTENT_LENGTH);
+        let (resp, deadline) = self
+            .upstream
+            .send(UpstreamRequest {
+                method: Method::POST,
+                path_and_query,
+                headers,
+                body: Bytes::new(),
+            })
+            .await?;
+        outcome.upstream_status = Some(resp.status().as_u16());
+        let (mut parts, body) = resp.into_parts();
+        let bytes = upstream::read_body(body, deadline).await?;
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, Either::Left(Full::new(bytes))))
+    }
+
+    /// `routes.unmatched = "forward"`: passed through unchecked, for operators who
+    /// guard renew alone. Hop-by-hop and credential headers are still dropped.
+    async fn forward(
+        &self,
+        settings: &Settings,
+        req: Request<Incoming>,
+        client: ClientInfo,
+        request_id: &str,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let (parts, body) = req.into_parts();
+        let body = read_request_body(body, settings.config.server.max_body_bytes).await?;
+        let target = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let path_and_query = format!(
+            "{}{}",
+            self.upstream.base_path().trim_end_matches('/'),
+            target
+        );
+        let mut headers = headers::upstream_request_headers(
+            &parts.headers,
+            client.addr,
+            client.proto,
+            request_id,
+        );
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::EXPECT);
+        let (resp, _) = self
+            .upstream
+            .send(UpstreamRequest {
+                method: parts.method,
+                path_and_query,
+                headers,
+                body,
+            })
+            .await?;
+        outcome.upstream_status = Some(resp.status().as_u16());
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, Either::Right(body)))
+    }
+}
+
+/// 414, 431 and an announced 413, before anything else is looked at.
+fn check_limits(config: &Config, req: &Request<Incoming>) -> Result<(), GatewayError> {
+    let server = &config.server;
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > server.max_uri_bytes {
+        return Err(GatewayError::UriTooLong);
+    }
+    // Counted as on the wire: "name: value\r\n".
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > server.max_header_bytes {
+        return Err(GatewayError::HeaderFieldsTooLarge);
+    }
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > server.max_body_bytes as u64) {
+        return Err(GatewayError::RequestEntityTooLarge);
+    }
+    Ok(())
+}
+
+/// Reads a request body, refusing one over `max` bytes (chunked ones included).
+async fn read_request_body(body: Incoming, max: usize) -> Result<Bytes, GatewayError> {
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::RequestEntityTooLarge)
+        }
+        Err(_) => Err(GatewayError::ParamInvalid("request body could not be read")),
+    }
+}

@@ -1,0 +1,286 @@
+//! Phase 4, rewrite: decide what goes upstream. Pure functions: clamp
+//! traffic_limit into the library's bounds (SPEC §4), choose the upstream
+//! credential and user (SPEC §5), and rebuild path and query canonically from the
+//! checked values, so that nothing the gateway did not check reaches SMH.
+
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+use crate::config::{Config, ConfigError, CredentialMode, TrafficLimitBounds};
+use crate::error::{AuthFailure, GatewayError};
+use crate::proxy::auth::Principal;
+use crate::proxy::route::RenewRequest;
+use crate::secret::Secret;
+
+/// How a traffic_limit was changed, for the clamp metric and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clamp {
+    Unchanged,
+    Up,
+    Down,
+}
+
+/// SPEC §4: a value is clamped into [min, max]; an absent one becomes the default,
+/// or stays absent.
+pub fn clamp_traffic_limit(
+    value: Option<u64>,
+    bounds: &TrafficLimitBounds,
+) -> (Option<u64>, Clamp) {
+    match value {
+        None => (bounds.default, Clamp::Unchanged),
+        Some(v) if v < bounds.min => (Some(bounds.min), Clamp::Up),
+        Some(v) if v > bounds.max => (Some(bounds.max), Clamp::Down),
+        Some(v) => (Some(v), Clamp::Unchanged),
+    }
+}
+
+/// The upstream credential source, resolved once per config: for `static`, the
+/// env var is read at start (and reload), so a missing one stops `serve` early.
+#[derive(Debug, Clone)]
+pub enum CredentialSource {
+    Passthrough,
+    Claim,
+    Static(Secret),
+}
+
+impl CredentialSource {
+    pub fn from_config(config: &Config) -> Result<CredentialSource, ConfigError> {
+        Ok(match &config.upstream.credential {
+            CredentialMode::Passthrough => CredentialSource::Passthrough,
+            CredentialMode::Claim(_) => CredentialSource::Claim,
+            CredentialMode::Static { env } => {
+                let value = std::env::var(env).map_err(|_| {
+                    ConfigError::new(
+                        &config.source,
+                        Some("upstream.credential_env".into()),
+                        format!("environment variable {env} is not set (or not UTF-8)"),
+                    )
+                })?;
+                if value.is_empty() {
+                    return Err(ConfigError::new(
+                        &config.source,
+                        Some("upstream.credential_env".into()),
+                        format!("environment variable {env} is empty"),
+                    ));
+                }
+                CredentialSource::Static(Secret::new(value))
+            }
+        })
+    }
+
+    /// The access_token and user_id sent upstream (SPEC §5). `caller_token` is the
+    /// verified token; `user_id` is the caller's, already allowed by policy.
+    pub fn choose(
+        &self,
+        caller_token: &Secret,
+        principal: &Principal,
+        user_id: Option<&str>,
+    ) -> Result<(Secret, Option<String>), GatewayError> {
+        match self {
+            CredentialSource::Passthrough => {
+                Ok((caller_token.clone(), user_id.map(str::to_string)))
+            }
+            CredentialSource::Claim => principal
+                .credential
+                .clone()
+                .map(|c| (c, user_id.map(str::to_string)))
+                .ok_or(GatewayError::InvalidAccessToken(
+                    AuthFailure::MissingCredentialClaim,
+                )),
+            CredentialSource::Static(token) => {
+                let user = principal
+                    .user
+                    .clone()
+                    .or_else(|| user_id.map(str::to_string));
+                Ok((token.clone(), user))
+            }
+        }
+    }
+}
+
+/// Characters escaped in a rebuilt path segment: controls, space, and everything
+/// with a meaning in a URL's path or query.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+/// A query value additionally escapes the separators and `+` (read as a space).
+const QUERY_VALUE: &AsciiSet = &SEGMENT.add(b'&').add(b'=').add(b'+').add(b';');
+
+/// The path SMH receives: `upstream.url`'s own path, then the file API path rebuilt
+/// from the decoded, checked segments.
+pub fn renew_path(base_path: &str, renew: &RenewRequest) -> String {
+    let base = base_path.trim_end_matches('/');
+    format!(
+        "{base}/api/v1/file/{}/{}/{}",
+        utf8_percent_encode(&renew.scope.library, SEGMENT),
+        utf8_percent_encode(&renew.scope.space, SEGMENT),
+        utf8_percent_encode(&renew.confirm_key, SEGMENT),
+    )
+}
+
+/// SPEC §5: `renew&access_token=…&user_id=…&traffic_limit=…`, absent ones left out.
+pub fn renew_query(
+    credential: &Secret,
+    user_id: Option<&str>,
+    traffic_limit: Option<u64>,
+) -> String {
+    let mut q = String::with_capacity(32 + credential.len());
+    q.push_str("renew&access_token=");
+    q.extend(utf8_percent_encode(credential.expose(), QUERY_VALUE));
+    if let Some(user) = user_id {
+        q.push_str("&user_id=");
+        q.extend(utf8_percent_encode(user, QUERY_VALUE));
+    }
+    if let Some(tl) = traffic_limit {
+        q.push_str("&traffic_limit=");
+        q.push_str(&tl.to_string());
+    }
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::route::Scope;
+
+    const GLOBAL: TrafficLimitBounds = TrafficLimitBounds {
+        min: 102_400,
+        max: 104_857_600,
+        default: None,
+    };
+
+    #[test]
+    fn clamp_into_bounds() {
+        assert_eq!(
+            clamp_traffic_limit(Some(0), &GLOBAL),
+            (Some(102_400), Clamp::Up)
+        );
+        assert_eq!(
+            clamp_traffic_limit(Some(50_000), &GLOBAL),
+            (Some(102_400), Clamp::Up)
+        );
+        assert_eq!(
+            clamp_traffic_limit(Some(102_400), &GLOBAL),
+            (Some(102_400), Clamp::Unchanged)
+        );
+        assert_eq!(
+            clamp_traffic_limit(Some(500_000), &GLOBAL),
+            (Some(500_000), Clamp::Unchanged)
+        );
+        assert_eq!(
+            clamp_traffic_limit(Some(104_857_600), &GLOBAL),
+            (Some(104_857_600), Clamp::Unchanged)
+        );
+        assert_eq!(
+            clamp_traffic_limit(Some(104_857_601), &GLOBAL),
+            (Some(104_857_600), Clamp::Down)
+        );
+        assert_eq!(
+            clamp_traffic_limit(Some(u64::MAX), &GLOBAL),
+            (Some(104_857_600), Clamp::Down)
+        );
+    }
+
+    #[test]
+    fn absent_uses_default_or_stays_absent() {
+        assert_eq!(clamp_traffic_limit(None, &GLOBAL), (None, Clamp::Unchanged));
+        let tier = TrafficLimitBounds {
+            min: 200_000,
+            max: 300_000,
+            default: Some(250_000),
+        };
+        assert_eq!(
+            clamp_traffic_limit(None, &tier),
+            (Some(250_000), Clamp::Unchanged)
+        );
+        assert_eq!(
+            clamp_traffic_limit(Some(102_400), &tier),
+            (Some(200_000), Clamp::Up)
+        );
+    }
+
+    #[test]
+    fn query_is_canonical_and_encoded() {
+        let tok = Secret::new("a.b.c");
+        assert_eq!(renew_query(&tok, None, None), "renew&access_token=a.b.c");
+        assert_eq!(
+            renew_query(&tok, Some("u 1&x=y+z"), Some(102_400)),
+            "renew&access_token=a.b.c&user_id=u%201%26x%3Dy%2Bz&traffic_limit=102400"
+        );
+    }
+
+    #[test]
+    fn path_is_rebuilt_from_checked_segments() {
+        let r = RenewRequest {
+            scope: Scope {
+                library: "lib1".into(),
+                space: "-".into(),
+            },
+            confirm_key: "c k?#".into(),
+            token: None,
+            user_id: None,
+            traffic_limit: None,
+        };
+        assert_eq!(renew_path("/", &r), "/api/v1/file/lib1/-/c%20k%3F%23");
+        assert_eq!(
+            renew_path("/smh/", &r),
+            "/smh/api/v1/file/lib1/-/c%20k%3F%23"
+        );
+        assert_eq!(renew_path("", &r), "/api/v1/file/lib1/-/c%20k%3F%23");
+    }
+
+    fn principal(user: Option<&str>, credential: Option<&str>) -> Principal {
+        Principal {
+            user: user.map(str::to_string),
+            credential: credential.map(Secret::new),
+            ..Principal::default()
+        }
+    }
+
+    #[test]
+    fn credential_modes() {
+        let caller = Secret::new("caller");
+        let (c, u) = CredentialSource::Passthrough
+            .choose(&caller, &principal(None, None), Some("u"))
+            .unwrap();
+        assert_eq!((c.expose(), u.as_deref()), ("caller", Some("u")));
+
+        let (c, u) = CredentialSource::Claim
+            .choose(&caller, &principal(None, Some("smh")), None)
+            .unwrap();
+        assert_eq!((c.expose(), u), ("smh", None));
+        assert_eq!(
+            CredentialSource::Claim
+                .choose(&caller, &principal(None, None), None)
+                .unwrap_err()
+                .code(),
+            "InvalidAccessToken"
+        );
+
+        let st = CredentialSource::Static(Secret::new("static"));
+        let (c, u) = st
+            .choose(&caller, &principal(Some("alice"), None), None)
+            .unwrap();
+        assert_eq!((c.expose(), u.as_deref()), ("static", Some("alice")));
+        let (_, u) = st
+            .choose(&caller, &principal(None, None), Some("bob"))
+            .unwrap();
+        assert_eq!(u.as_deref(), Some("bob"));
+        let (_, u) = st.choose(&caller, &principal(None, None), None).unwrap();
+        assert_eq!(u, None);
+    }
+}

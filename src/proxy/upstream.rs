@@ -1,0 +1,185 @@
+//! Phase 5, upstream: one pooled keep-alive client (hyper-util over a rustls
+//! connector, so `https://` upstreams work with webpki roots or `upstream.ca_file`),
+//! the timeouts of SPEC §5, and the mapping of transport failures to 502/504.
+//!
+//! Retries happen only when the connection failed before any byte of the request
+//! was sent: a connect error (hyper-util reports `is_connect`) or a pooled
+//! connection closed before use (hyper-util retries those itself). Anything later
+//! may have reached SMH, so it is never sent twice.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+
+use crate::config::{ConfigError, UpstreamConfig};
+use crate::error::GatewayError;
+
+/// Largest upstream body the gateway buffers (renew answers are a few hundred bytes).
+pub const MAX_BUFFERED_RESPONSE: usize = 1 << 20;
+
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    scheme: Scheme,
+    authority: Authority,
+    host_header: HeaderValue,
+    base_path: String,
+    timeout: Duration,
+    retries: u32,
+}
+
+/// A request to send upstream; rebuilt for each attempt, so it owns its parts.
+pub struct UpstreamRequest {
+    pub method: Method,
+    /// Path and query, already rebuilt (renew) or taken verbatim (forward).
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig, file: &Path) -> Result<Upstream, ConfigError> {
+        let tls = tls_config(cfg, file)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(55))
+            .pool_max_idle_per_host(1024)
+            .build(https);
+        let url = &cfg.url;
+        let authority = url
+            .authority()
+            .cloned()
+            .expect("validated: upstream.url has a host");
+        Ok(Upstream {
+            client,
+            scheme: url.scheme().cloned().unwrap_or(Scheme::HTTP),
+            host_header: HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a valid header value"),
+            authority,
+            base_path: url.path().to_string(),
+            timeout: cfg.timeout,
+            retries: cfg.retries,
+        })
+    }
+
+    /// `upstream.url`'s own path, which request paths are appended to.
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
+    /// Sends with retries on connect failure; returns the response head and the
+    /// deadline by which its body must also have arrived (`upstream.timeout`).
+    pub async fn send(
+        &self,
+        req: UpstreamRequest,
+    ) -> Result<(Response<Incoming>, Instant), GatewayError> {
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(req.path_and_query.as_str())
+            .build()
+            .map_err(|_| GatewayError::ParamInvalid("request target cannot be forwarded"))?;
+        let mut attempt = 0;
+        loop {
+            let deadline = Instant::now() + self.timeout;
+            let mut builder = Request::builder()
+                .method(req.method.clone())
+                .uri(uri.clone());
+            if let Some(h) = builder.headers_mut() {
+                *h = req.headers.clone();
+                h.insert(header::HOST, self.host_header.clone());
+                if req.body.is_empty()
+                    && matches!(req.method, Method::POST | Method::PUT | Method::PATCH)
+                {
+                    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                }
+            }
+            let request = builder
+                .body(Full::new(req.body.clone()))
+                .map_err(|_| GatewayError::ParamInvalid("request cannot be forwarded"))?;
+            match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+                Err(_) => return Err(GatewayError::UpstreamTimeout),
+                Ok(Ok(resp)) => return Ok((resp, deadline)),
+                Ok(Err(e)) if e.is_connect() => {
+                    if attempt >= self.retries {
+                        return Err(GatewayError::UpstreamUnavailable(
+                            "cannot connect to the upstream",
+                        ));
+                    }
+                    attempt += 1;
+                }
+                Ok(Err(_)) => {
+                    return Err(GatewayError::UpstreamUnavailable(
+                        "upstream connection failed",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Reads a whole upstream body by `deadline`, within [`MAX_BUFFERED_RESPONSE`].
+pub async fn read_body(body: Incoming, deadline: Instant) -> Result<Bytes, GatewayError> {
+    match tokio::time::timeout_at(
+        deadline,
+        Limited::new(body, MAX_BUFFERED_RESPONSE).collect(),
+    )
+    .await
+    {
+        Err(_) => Err(GatewayError::UpstreamTimeout),
+        Ok(Err(_)) => Err(GatewayError::UpstreamUnavailable(
+            "invalid upstream response",
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+fn tls_config(cfg: &UpstreamConfig, file: &Path) -> Result<rustls::ClientConfig, ConfigError> {
+    let err = |msg: String| ConfigError::new(file, Some("upstream.ca_file".into()), msg);
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(format!("{}: bad PEM: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(err(format!("{} holds no certificate", path.display())));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    err(format!("{}: unusable CA certificate: {e}", path.display()))
+                })?;
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

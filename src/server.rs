@@ -1,0 +1,398 @@
+//! Listeners and connections: bind (after everything is validated), accept with a
+//! connection limit, optional TLS, HTTP/1.1 and HTTP/2 on one port (hyper-util's
+//! auto builder), idle connections closed, and the graceful drain on shutdown:
+//! `/readyz` turns 503, the listener closes, every connection is told to finish its
+//! in-flight requests, and the process waits up to `server.shutdown_grace`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::access_log::AccessLog;
+use crate::config::{Config, ConfigError, ServerConfig, TlsFiles};
+use crate::error::GatewayError;
+use crate::proxy::upstream::Upstream;
+use crate::proxy::{ClientInfo, Gateway, ResponseBody, Settings};
+
+/// A gateway whose config, keys and upstream are ready and whose ports are bound.
+pub struct Server {
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    admin: TcpListener,
+    tls: Option<TlsAcceptor>,
+    server: ServerConfig,
+    draining: Arc<AtomicBool>,
+}
+
+/// Why `serve` could not start: a config problem (exit 2) or a bind failure.
+#[derive(Debug)]
+pub enum StartError {
+    Config(ConfigError),
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        error: io::Error,
+    },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Bind { what, addr, error } => {
+                write!(f, "cannot bind {what} {addr}: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<ConfigError> for StartError {
+    fn from(e: ConfigError) -> Self {
+        StartError::Config(e)
+    }
+}
+
+/// Everything `serve` checks before binding a port: secrets, upstream TLS roots,
+/// server certificate. `check` runs the same.
+pub fn prepare(config: Config) -> Result<(Settings, Upstream, Option<TlsAcceptor>), ConfigError> {
+    let upstream = Upstream::new(&config.upstream, &config.source)?;
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(|files| tls_acceptor(files, &config))
+        .transpose()?;
+    let settings = Settings::from_config(config)?;
+    Ok((settings, upstream, tls))
+}
+
+impl Server {
+    /// Validates everything, then binds the main and admin listeners.
+    pub async fn bind(config: Config, access_log: AccessLog) -> Result<Server, StartError> {
+        let server = config.server.clone();
+        let admin_addr = config.admin.listen;
+        let (settings, upstream, tls) = prepare(config)?;
+        let listener =
+            TcpListener::bind(server.listen)
+                .await
+                .map_err(|error| StartError::Bind {
+                    what: "server.listen",
+                    addr: server.listen,
+                    error,
+                })?;
+        let admin = TcpListener::bind(admin_addr)
+            .await
+            .map_err(|error| StartError::Bind {
+                what: "admin.listen",
+                addr: admin_addr,
+                error,
+            })?;
+        Ok(Server {
+            gateway: Arc::new(Gateway::new(settings, upstream, access_log)),
+            listener,
+            admin,
+            tls,
+            server,
+            draining: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains. Returns once every connection
+    /// has finished or `server.shutdown_grace` has passed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            gateway,
+            listener,
+            admin,
+            tls,
+            server,
+            draining,
+        } = self;
+        let admin_task = tokio::spawn(crate::admin::serve(admin, draining.clone()));
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let max_connections = server
+            .max_connections
+            .min(Semaphore::MAX_PERMITS)
+            .min(u32::MAX as usize);
+        let connections = Arc::new(Semaphore::new(max_connections));
+        let builder = Arc::new(http_builder(&server));
+        let proto = if tls.is_some() { "https" } else { "http" };
+
+        let accept = async {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        crate::log::warn(&format!("accept failed: {e}"));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let client = ClientInfo { addr: peer, proto };
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    tokio::spawn(refuse_overloaded(
+                        stream,
+                        builder.clone(),
+                        server.header_read_timeout,
+                    ));
+                    continue;
+                };
+                let conn = Conn {
+                    gateway: gateway.clone(),
+                    builder: builder.clone(),
+                    client,
+                    drain: drain_rx.clone(),
+                    idle_timeout: server.idle_timeout,
+                };
+                let tls = tls.clone();
+                let handshake_timeout = server.header_read_timeout;
+                tokio::spawn(async move {
+                    match tls {
+                        None => conn.serve(stream).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(tls_stream)) => conn.serve(tls_stream).await,
+                                Ok(Err(_)) | Err(_) => {}
+                            }
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = shutdown => {}
+        }
+
+        // Drain: not ready, no new connections, in-flight requests finish.
+        draining.store(true, Ordering::SeqCst);
+        drop(listener);
+        let _ = drain_tx.send(true);
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        match tokio::time::timeout(server.shutdown_grace, connections.acquire_many(all)).await {
+            Ok(_) => crate::log::info("drained: all connections finished"),
+            Err(_) => {
+                crate::log::warn("shutdown_grace passed with connections still open; closing them")
+            }
+        }
+        admin_task.abort();
+    }
+}
+
+fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own limit is a backstop (it answers a bare 431); requests under it are
+    // measured against server.max_header_bytes/max_uri_bytes in proxy::check_limits,
+    // which answers in SMH's JSON shape.
+    let buf = (server.max_header_bytes + server.max_uri_bytes + 8192).max(8192);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .max_buf_size(buf)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}
+
+/// One accepted connection.
+struct Conn {
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    client: ClientInfo,
+    drain: watch::Receiver<bool>,
+    idle_timeout: Duration,
+}
+
+/// Requests in flight on a connection and when the last one ended, for idle close.
+struct Activity {
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Activity {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// When the connection becomes idle-expired if nothing happens before.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+    }
+
+    fn is_idle_for(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self
+                .now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Relaxed))
+                >= idle.as_millis() as u64
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Conn {
+    async fn serve<I>(mut self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let gateway = self.gateway.clone();
+        let client = self.client;
+        let act = activity.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let gateway = gateway.clone();
+            let guard = InFlight::begin(&act);
+            async move {
+                let resp = gateway.handle(req, client).await;
+                drop(guard);
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let mut closing = *self.drain.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                _ = conn.as_mut() => break,
+                _ = self.drain.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(activity.idle_deadline(self.idle_timeout)), if !closing => {
+                    if activity.is_idle_for(self.idle_timeout) {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Over `server.max_connections`: answer one 503 ServerOverloaded and close.
+async fn refuse_overloaded(
+    stream: TcpStream,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    timeout: Duration,
+) {
+    let service = service_fn(|_req: Request<Incoming>| async {
+        let mut resp: Response<ResponseBody> = GatewayError::ServerOverloaded
+            .to_response("-")
+            .map(|b| http_body_util::Either::Left(http_body_util::Full::new(b)));
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        Ok::<_, Infallible>(resp)
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(timeout, conn).await;
+}
+
+fn tls_acceptor(files: &TlsFiles, config: &Config) -> Result<TlsAcceptor, ConfigError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let file = config.source.as_path();
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            ConfigError::new(
+                file,
+                Some("server.tls_cert".into()),
+                format!("{}: {e}", files.cert.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(ConfigError::new(
+            file,
+            Some("server.tls_cert".into()),
+            format!("{} holds no certificate", files.cert.display()),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        ConfigError::new(
+            file,
+            Some("server.tls_key".into()),
+            format!("{}: {e}", files.key.display()),
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| {
+            ConfigError::new(
+                file,
+                Some("server.tls_key".into()),
+                format!("certificate and key do not fit: {e}"),
+            )
+        })?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(tls)))
+}
