@@ -1,0 +1,296 @@
+//! Test harness: a mock SMH upstream and a real gateway on 127.0.0.1:0, tokens
+//! minted with the test secret, and a small HTTP client. Each test gets its own
+//! servers and temp directory; nothing listens on a fixed port.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use smh_gateway::access_log::AccessLog;
+use smh_gateway::config::Config;
+use smh_gateway::mock_upstream::MockUpstream;
+use smh_gateway::server::Server;
+
+/// The HS256 secret every test gateway trusts under kid "k1".
+pub const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes-long!!";
+
+/// Extra TOML for each table of the test config.
+#[derive(Default, Clone)]
+pub struct Setup {
+    pub server: String,
+    pub upstream: String,
+    pub auth: String,
+    /// Whole tables appended at the end (`[[libraries]]`, `[routes]`, more keys).
+    pub rest: String,
+    /// Replaces the mock's URL as `upstream.url`.
+    pub upstream_url: Option<String>,
+}
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub mock: MockUpstream,
+    pub dir: PathBuf,
+    logs: Receiver<String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh private directory for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("smh-gw-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+/// The config text a test gateway runs with.
+pub fn config_text(dir: &Path, upstream_url: &str, setup: &Setup) -> String {
+    let secret = dir.join("k1.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+{server}
+
+[admin]
+listen = "127.0.0.1:0"
+
+[upstream]
+url = "{upstream_url}"
+{upstream}
+
+[auth]
+{auth}
+
+[[auth.keys]]
+kid = "k1"
+alg = "HS256"
+secret_file = "{secret}"
+
+{rest}
+"#,
+        server = setup.server,
+        upstream = setup.upstream,
+        auth = setup.auth,
+        rest = setup.rest,
+        secret = secret.display(),
+    )
+}
+
+pub async fn start() -> TestGateway {
+    start_with(Setup::default()).await
+}
+
+pub async fn start_with(setup: Setup) -> TestGateway {
+    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    start_against(mock, setup).await
+}
+
+/// A gateway in front of an existing mock.
+pub async fn start_against(mock: MockUpstream, setup: Setup) -> TestGateway {
+    let dir = temp_dir("gw");
+    let url = setup.upstream_url.clone().unwrap_or_else(|| mock.url());
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config_text(&dir, &url, &setup)).unwrap();
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
+    let (log, logs) = AccessLog::channel();
+    let server = Server::bind(config, log).await.unwrap_or_else(|e| panic!("bind: {e}"));
+    let (addr, admin) = (server.local_addr(), server.admin_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    TestGateway {
+        addr,
+        admin,
+        mock,
+        dir,
+        logs,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl TestGateway {
+    pub fn url(&self, target: &str) -> String {
+        format!("http://{}{}", self.addr, target)
+    }
+
+    /// POST a renew for `lib1/-/ck1` with this query after `renew&`.
+    pub async fn renew(&self, query: &str) -> Resp {
+        self.post(&format!("/api/v1/file/lib1/-/ck1?renew&{query}")).await
+    }
+
+    pub async fn post(&self, target: &str) -> Resp {
+        send(Method::POST, &self.url(target), &[], Bytes::new()).await
+    }
+
+    pub async fn request(&self, method: Method, target: &str, headers: &[(&str, &str)], body: &'static [u8]) -> Resp {
+        send(method, &self.url(target), headers, Bytes::from_static(body)).await
+    }
+
+    /// Access-log lines written so far (waits briefly for the first).
+    pub fn log_lines(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        if let Ok(line) = self.logs.recv_timeout(Duration::from_secs(2)) {
+            out.push(serde_json::from_str(&line).unwrap());
+        }
+        while let Ok(line) = self.logs.try_recv() {
+            out.push(serde_json::from_str(&line).unwrap());
+        }
+        out
+    }
+
+    /// Stops the gateway and waits for its drain to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The SMH error code of a gateway error body.
+    pub fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts an SMH-shaped error with this status and code.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        assert_eq!(self.headers["content-type"], "application/json");
+        let v = self.json();
+        assert_eq!(v["code"], code, "body: {v}");
+        assert!(v["message"].is_string(), "body: {v}");
+        assert_eq!(v["requestId"], self.headers["x-request-id"].to_str().unwrap(), "body: {v}");
+    }
+}
+
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req.body(Full::new(body)).unwrap()))
+        .await
+        .expect("gateway answered within 10s")
+        .expect("request sent");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns whatever comes back until close
+/// (or 5 s). For requests a well-behaved client library refuses to build.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Claims of a valid upload token for lib1 (no space, no user), valid for an hour.
+pub fn claims() -> Value {
+    json!({
+        "library_id": "lib1",
+        "permissions": ["upload_file"],
+        "iat": now(),
+        "exp": now() + 3600,
+    })
+}
+
+/// Signs claims with the test secret under kid "k1" (HS256).
+pub fn sign(claims: &Value) -> String {
+    sign_with(claims, jsonwebtoken::Algorithm::HS256, Some("k1"), SECRET)
+}
+
+pub fn sign_with(claims: &Value, alg: jsonwebtoken::Algorithm, kid: Option<&str>, secret: &[u8]) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap()
+}
+
+/// A valid upload token for lib1.
+pub fn token() -> String {
+    sign(&claims())
+}
+
+/// A token with these claims merged over [`claims`].
+pub fn token_with(extra: Value) -> String {
+    let mut c = claims();
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    sign(&c)
+}
+
+/// The query string the upstream received on its last request.
+pub fn last_query(gw: &TestGateway) -> String {
+    gw.mock.last().expect("upstream received a request").query.unwrap_or_default()
+}

@@ -1,0 +1,303 @@
+//! SPEC §5 and §6 end to end: what exactly reaches the upstream, what comes back,
+//! request syntax attacks, limits, and upstream failures.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+use smh_gateway::mock_upstream::Behaviour;
+
+#[tokio::test]
+async fn query_is_rebuilt_canonically_and_unknown_parameters_dropped() {
+    let gw = start().await;
+    let admin = token_with(serde_json::json!({ "permissions": ["admin"] }));
+    let r = gw
+        .post(&format!(
+            "/api/v1/file/lib1/-/ck1?traffic_limit=500000&evil=1&user_id=a%20b%2Bc&renew=1&access_token={admin}&x"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(last_query(&gw), format!("renew&access_token={admin}&user_id=a%20b%2Bc&traffic_limit=500000"));
+}
+
+#[tokio::test]
+async fn sdk_shaped_request_passes_unchanged() {
+    // SMH SDKs: renew=1, an empty form body, token only in the query.
+    let gw = start().await;
+    let tok = token();
+    let r = gw
+        .request(
+            Method::POST,
+            &format!("/api/v1/file/lib1/-/ck1?renew=1&access_token={tok}&traffic_limit=1048576"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["confirmKey"], "ck1");
+    assert!(v["expiration"].as_str().unwrap().ends_with('Z'));
+    let got = gw.mock.last().unwrap();
+    assert_eq!(got.method, Method::POST);
+    assert_eq!(got.path, "/api/v1/file/lib1/-/ck1");
+    assert!(got.body.is_empty());
+}
+
+#[tokio::test]
+async fn a_body_is_read_but_not_forwarded() {
+    let gw = start().await;
+    let r = gw
+        .request(Method::POST, &format!("/api/v1/file/lib1/-/ck1?renew&access_token={}", token()), &[], b"a=1&b=2")
+        .await;
+    assert_eq!(r.status, 200);
+    let got = gw.mock.last().unwrap();
+    assert!(got.body.is_empty());
+    assert_eq!(got.headers["content-length"], "0");
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    let gw = start_with(Setup { server: "max_body_bytes = 16".into(), ..Setup::default() }).await;
+    let r = gw
+        .request(
+            Method::POST,
+            &format!("/api/v1/file/lib1/-/ck1?renew&access_token={}", token()),
+            &[],
+            b"0123456789abcdefXYZ",
+        )
+        .await;
+    r.assert_error(413, "RequestEntityTooLarge");
+    assert_eq!(gw.mock.count(), 0);
+}
+
+#[tokio::test]
+async fn repeated_parameters_are_refused() {
+    let gw = start().await;
+    let tok = token();
+    for q in [
+        format!("access_token={tok}&access_token={tok}"),
+        format!("access_token={tok}&traffic_limit=1&traffic_limit=2"),
+        format!("access_token={tok}&user_id=a&user_id=b"),
+        format!("access_token={tok}&renew"),
+        format!("access_token={tok}&%72enew=1"),
+    ] {
+        gw.renew(&q).await.assert_error(400, "ParamInvalid");
+    }
+    assert_eq!(gw.mock.count(), 0);
+}
+
+#[tokio::test]
+async fn bad_path_segments_are_refused() {
+    let gw = start().await;
+    let tok = token();
+    for path in [
+        "lib1/-/ck%2Fx",
+        "lib1/-/%2e%2e",
+        "lib1/-/..",
+        "lib1/%2E/ck",
+        "lib1/a%2fb/ck",
+        "lib1/-/ck%00",
+        "lib1/-/ck%7F",
+        "lib1/-/ck%zz",
+        "lib1//ck",
+    ] {
+        gw.post(&format!("/api/v1/file/{path}?renew&access_token={tok}"))
+            .await
+            .assert_error(400, "ParamInvalid");
+    }
+    assert_eq!(gw.mock.count(), 0);
+}
+
+#[tokio::test]
+async fn raw_control_characters_never_reach_the_upstream() {
+    let gw = start().await;
+    let tok = token();
+    let req = format!("POST /api/v1/file/lib1/-/ck\x01?renew&access_token={tok} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    let out = raw(gw.addr, req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let req = format!("POST /api/v1/file/lib1/-/ck?renew&user_id=a%0d%0aX-Evil:1&access_token={tok} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    let out = raw(gw.addr, req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(gw.mock.count(), 0);
+}
+
+#[tokio::test]
+async fn headers_sent_upstream() {
+    let gw = start().await;
+    let tok = token();
+    let r = gw
+        .request(
+            Method::POST,
+            &format!("/api/v1/file/lib1/-/ck1?renew&access_token={tok}"),
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-request-id", "client-id-1"),
+                ("connection", "keep-alive, x-hop"),
+                ("x-hop", "secret"),
+                ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+                ("te", "trailers"),
+                ("user-agent", "smh-sdk/1.0"),
+                ("authorization", &format!("Bearer {tok}")),
+            ],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["x-request-id"], "client-id-1");
+    let h = gw.mock.last().unwrap().headers;
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-request-id"], "client-id-1");
+    assert_eq!(h["host"], gw.mock.addr().to_string());
+    assert_eq!(h["user-agent"], "smh-sdk/1.0");
+    for gone in ["x-hop", "proxy-authorization", "te", "authorization"] {
+        assert!(h.get(gone).is_none(), "{gone} was forwarded");
+    }
+}
+
+#[tokio::test]
+async fn insane_request_ids_are_replaced() {
+    let gw = start().await;
+    let long = "a".repeat(129);
+    for bad in ["has space", "quote\"", long.as_str()] {
+        let r = gw
+            .request(Method::POST, &format!("/api/v1/file/lib1/-/ck1?renew&access_token={}", token()), &[("x-request-id", bad)], b"")
+            .await;
+        let id = r.headers["x-request-id"].to_str().unwrap().to_string();
+        assert_ne!(id, bad);
+        assert_eq!(gw.mock.last().unwrap().headers["x-request-id"], id.as_str());
+    }
+}
+
+#[tokio::test]
+async fn upstream_base_path_is_prepended() {
+    let mock = smh_gateway::mock_upstream::MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let url = format!("{}/smh-prefix/", mock.url());
+    let gw = start_against(mock, Setup { upstream_url: Some(url), ..Setup::default() }).await;
+    // The mock answers 404 for the unknown prefix; what matters is the path it saw.
+    let _ = gw.renew(&format!("access_token={}", token())).await;
+    assert_eq!(gw.mock.last().unwrap().path, "/smh-prefix/api/v1/file/lib1/-/ck1");
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_unchanged() {
+    let gw = start().await;
+    let body = r#"{"code":"ConfirmKeyNotFound","message":"no such upload","requestId":"smh-1"}"#;
+    for status in [404u16, 403, 409, 500, 503] {
+        gw.mock.set_behaviour(Behaviour::Fixed { status, body: body.into() });
+        let r = gw.renew(&format!("access_token={}", token())).await;
+        assert_eq!(r.status.as_u16(), status);
+        assert_eq!(r.text(), body);
+        assert_eq!(gw.log_lines().last().unwrap()["upstream_status"], status);
+    }
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    // Bind then drop a listener: nothing listens there any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let gw = start_with(Setup { upstream_url: Some(format!("http://127.0.0.1:{port}")), ..Setup::default() }).await;
+    gw.renew(&format!("access_token={}", token())).await.assert_error(502, "UpstreamUnavailable");
+}
+
+#[tokio::test]
+async fn upstream_hangup_is_502() {
+    let gw = start().await;
+    gw.mock.set_behaviour(Behaviour::Hangup);
+    gw.renew(&format!("access_token={}", token())).await.assert_error(502, "UpstreamUnavailable");
+    // Sent once: the request may have reached SMH, so it is not retried.
+    assert_eq!(gw.mock.count(), 1);
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let gw = start_with(Setup { upstream: "timeout = \"300ms\"".into(), ..Setup::default() }).await;
+    gw.mock.set_behaviour(Behaviour::Delay(Duration::from_secs(3)));
+    gw.renew(&format!("access_token={}", token())).await.assert_error(504, "UpstreamTimeout");
+    assert_eq!(gw.mock.count(), 1);
+}
+
+#[tokio::test]
+async fn unmatched_routes_are_denied_by_default() {
+    let gw = start().await;
+    gw.request(Method::GET, "/api/v1/file/lib1/-/a.jpg?info", &[], b"").await.assert_error(404, "RouteNotFound");
+    gw.post("/api/v1/file/lib1/-/ck?confirm").await.assert_error(404, "RouteNotFound");
+    gw.request(Method::GET, "/", &[], b"").await.assert_error(404, "RouteNotFound");
+    assert_eq!(gw.mock.count(), 0);
+}
+
+#[tokio::test]
+async fn unmatched_routes_can_be_forwarded_unchanged() {
+    let gw = start_with(Setup { rest: "[routes]\nunmatched = \"forward\"\n".into(), ..Setup::default() }).await;
+    let r = gw
+        .request(
+            Method::PUT,
+            "/api/v1/file/lib1/-/dir%2Fa.jpg?access_token=whatever&x=1&x=2",
+            &[("authorization", "Bearer zzz"), ("content-type", "application/json")],
+            b"{\"a\":1}",
+        )
+        .await;
+    // The mock answers SMH's 404 RouteNotFound for non-renew requests; it is passed on.
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["requestId"], "mock-upstream");
+    let got = gw.mock.last().unwrap();
+    assert_eq!(got.method, Method::PUT);
+    assert_eq!(got.path, "/api/v1/file/lib1/-/dir%2Fa.jpg");
+    assert_eq!(got.query.as_deref(), Some("access_token=whatever&x=1&x=2"));
+    assert_eq!(got.body.as_ref(), b"{\"a\":1}");
+    assert!(got.headers.get("authorization").is_none());
+    // Renew is still checked in forward mode.
+    gw.renew("access_token=forged").await.assert_error(403, "InvalidAccessToken");
+}
+
+#[tokio::test]
+async fn long_uri_is_414_and_large_headers_431() {
+    let gw = start_with(Setup { server: "max_uri_bytes = 512\nmax_header_bytes = 2048".into(), ..Setup::default() }).await;
+    let long = format!("/api/v1/file/lib1/-/ck1?renew&access_token={}&pad={}", token(), "x".repeat(600));
+    gw.post(&long).await.assert_error(414, "URITooLong");
+    let big = "y".repeat(3000);
+    gw.request(Method::POST, "/api/v1/file/lib1/-/ck1?renew", &[("x-big", &big)], b"")
+        .await
+        .assert_error(431, "HeaderFieldsTooLarge");
+    assert_eq!(gw.mock.count(), 0);
+}
+
+#[tokio::test]
+async fn in_flight_limit_answers_503() {
+    let gw = start_with(Setup { server: "max_in_flight = 1".into(), ..Setup::default() }).await;
+    gw.mock.set_behaviour(Behaviour::Delay(Duration::from_millis(800)));
+    let url = gw.url(&format!("/api/v1/file/lib1/-/ck1?renew&access_token={}", token()));
+    let slow = tokio::spawn(send(Method::POST, url.leak(), &[], bytes::Bytes::new()));
+    // Wait until the first request is at the upstream, then send a second.
+    for _ in 0..100 {
+        if gw.mock.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.renew(&format!("access_token={}", token())).await.assert_error(503, "ServerOverloaded");
+    assert_eq!(slow.await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn access_log_records_each_request_without_secrets() {
+    let gw = start().await;
+    let tok = token();
+    let _ = gw.post(&format!("/api/v1/file/lib1/-/secret-confirm-key?renew&access_token={tok}&traffic_limit=1")).await;
+    let _ = gw.post("/api/v1/file/lib1/-/secret-confirm-key?renew&user_id=secret-user").await;
+    let lines = gw.log_lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["route"], "renew");
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["upstream_status"], 200);
+    assert_eq!(lines[1]["status"], 400);
+    assert_eq!(lines[1]["reason"], "missing");
+    for line in lines {
+        let s = line.to_string();
+        for secret in [tok.as_str(), "secret-confirm-key", "secret-user"] {
+            assert!(!s.contains(secret), "{s}");
+        }
+    }
+}
