@@ -114,10 +114,10 @@ async fn bad_path_segments_are_refused() {
 async fn raw_control_characters_never_reach_the_upstream() {
     let gw = start().await;
     let tok = token();
-    let req = format!("POST /api/v1/file/lib1/-/ck\x01?renew&access_token={tok} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    let req = format!("POST /api/v1/file/lib1/-/ck\x01?renew&access_token={tok} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     let out = raw(gw.addr, req.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-    let req = format!("POST /api/v1/file/lib1/-/ck?renew&user_id=a%0d%0aX-Evil:1&access_token={tok} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    let req = format!("POST /api/v1/file/lib1/-/ck?renew&user_id=a%0d%0aX-Evil:1&access_token={tok} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     let out = raw(gw.addr, req.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(gw.mock.count(), 0);

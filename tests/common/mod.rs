@@ -294,3 +294,88 @@ pub fn token_with(extra: Value) -> String {
 pub fn last_query(gw: &TestGateway) -> String {
     gw.mock.last().expect("upstream received a request").query.unwrap_or_default()
 }
+
+/// The real binary, `smh-gateway serve`, as a child process.
+pub struct BinGateway {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_smh-gateway"))
+}
+
+impl BinGateway {
+    /// Starts `serve --config path` with these env vars; waits for "listening on".
+    pub fn spawn(config: &Path, envs: &[(&str, &str)]) -> BinGateway {
+        use std::io::BufRead;
+        let mut cmd = bin();
+        cmd.arg("serve").arg("--config").arg(config);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let rest = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("gateway did not start: {:?}", lines.lock().unwrap()));
+        // "127.0.0.1:PORT (admin 127.0.0.1:PORT)\"..."
+        let mut words = rest.split([' ', '(', ')', '"']).filter(|w| w.contains(':'));
+        let addr = words.next().unwrap().parse().unwrap();
+        let admin = words.find(|w| w.parse::<SocketAddr>().is_ok()).unwrap().parse().unwrap();
+        BinGateway { child, addr, admin, stderr: lines }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Waits for exit (up to `limit`) and returns the exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("gateway did not exit within {limit:?}: {:?}", self.stderr.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for BinGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
