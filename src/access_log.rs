@@ -1,16 +1,19 @@
 //! The access log: one JSON line per request on stdout (SPEC §9). Lines are
-//! formatted on the request's task and written by one background thread through a
-//! buffer, so a busy gateway makes one write per batch, not per request, and a slow
-//! stdout never blocks a request (lines beyond the queue are counted and dropped).
+//! formatted on the request's task and appended to a shared buffer; one background
+//! thread writes the buffer out every [`FLUSH_EVERY`] (or sooner when it fills).
+//! So a busy gateway makes a few writes a second instead of one per request, and
+//! request threads never wait on stdout or wake another thread per line. When
+//! stdout cannot keep up and the buffer reaches [`MAX_BUFFERED`], lines are dropped
+//! and counted rather than stalling requests.
 //!
 //! A record holds no path and no query: the route name stands for them, so no
 //! token, user id or confirm key can reach the log.
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use http::Method;
@@ -18,8 +21,12 @@ use serde::Serialize;
 
 use crate::proxy::route::RouteName;
 
-/// Lines queued before new ones are dropped.
-const QUEUE: usize = 65_536;
+/// How often buffered lines are written out.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Buffered bytes that wake the writer early.
+const FLUSH_AT: usize = 256 * 1024;
+/// Buffered bytes beyond which lines are dropped (stdout is stuck).
+const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 
 /// What one request did.
 #[derive(Debug, Clone)]
@@ -80,51 +87,95 @@ pub fn now_rfc3339() -> String {
 /// Where access lines go.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: Option<SyncSender<String>>,
+    sink: Sink,
     dropped: Arc<AtomicU64>,
+}
+
+#[derive(Clone)]
+enum Sink {
+    Disabled,
+    Buffered(Arc<Shared>),
+    Channel(SyncSender<String>),
+}
+
+/// The buffer the request tasks append to and the writer thread drains.
+struct Shared {
+    buf: Mutex<Vec<u8>>,
+    wake: Condvar,
+    /// Held while writing, so that a final flush cannot overtake the writer.
+    writing: Mutex<()>,
 }
 
 impl AccessLog {
     /// Lines to stdout through a background writer thread.
     pub fn stdout() -> AccessLog {
-        let (tx, rx) = sync_channel(QUEUE);
+        let shared = Arc::new(Shared {
+            buf: Mutex::new(Vec::with_capacity(FLUSH_AT)),
+            wake: Condvar::new(),
+            writing: Mutex::new(()),
+        });
+        let writer = shared.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(rx, std::io::stdout()))
+            .spawn(move || write_out(&writer, std::io::stdout()))
             .expect("spawn access-log thread");
         AccessLog {
-            tx: Some(tx),
+            sink: Sink::Buffered(shared),
             dropped: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// Lines into a channel the caller reads (tests).
     pub fn channel() -> (AccessLog, Receiver<String>) {
-        let (tx, rx) = sync_channel(QUEUE);
-        (
-            AccessLog {
-                tx: Some(tx),
-                dropped: Arc::new(AtomicU64::new(0)),
-            },
-            rx,
-        )
+        let (tx, rx) = sync_channel(65_536);
+        let log = AccessLog {
+            sink: Sink::Channel(tx),
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        (log, rx)
     }
 
     /// No access log at all.
     pub fn disabled() -> AccessLog {
         AccessLog {
-            tx: None,
+            sink: Sink::Disabled,
             dropped: Arc::new(AtomicU64::new(0)),
         }
     }
 
     pub fn record(&self, record: AccessRecord) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(record.to_json()) {
-            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+        match &self.sink {
+            Sink::Disabled => {}
+            Sink::Channel(tx) => {
+                if let Err(TrySendError::Full(_)) = tx.try_send(record.to_json()) {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
             }
+            Sink::Buffered(shared) => {
+                let line = record.to_json();
+                let mut buf = shared.buf.lock().unwrap_or_else(|e| e.into_inner());
+                if buf.len() + line.len() >= MAX_BUFFERED {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                buf.extend_from_slice(line.as_bytes());
+                buf.push(b'\n');
+                if buf.len() >= FLUSH_AT {
+                    shared.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Writes out whatever is buffered now; called before the process exits.
+    pub fn flush(&self) {
+        if let Sink::Buffered(shared) = &self.sink {
+            let _writing = shared.writing.lock().unwrap_or_else(|e| e.into_inner());
+            let pending =
+                std::mem::take(&mut *shared.buf.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&pending);
+            let _ = out.flush();
         }
     }
 
@@ -134,15 +185,29 @@ impl AccessLog {
     }
 }
 
-fn write_lines(rx: Receiver<String>, out: impl Write) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = rx.recv() {
-        let _ = writeln!(out, "{line}");
-        // Batch whatever else is already queued, then flush once.
-        while let Ok(line) = rx.try_recv() {
-            let _ = writeln!(out, "{line}");
+/// The writer thread: every FLUSH_EVERY (or when woken early), swap the buffer out
+/// under the lock and write it without the lock.
+fn write_out(shared: &Shared, mut out: impl Write) {
+    let mut spare = Vec::with_capacity(FLUSH_AT);
+    loop {
+        {
+            let buf = shared.buf.lock().unwrap_or_else(|e| e.into_inner());
+            let (buf, _) = shared
+                .wake
+                .wait_timeout_while(buf, FLUSH_EVERY, |b| b.len() < FLUSH_AT)
+                .unwrap_or_else(|e| e.into_inner());
+            drop(buf);
         }
-        let _ = out.flush();
+        let _writing = shared.writing.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut buf = shared.buf.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut *buf, &mut spare);
+        }
+        if !spare.is_empty() {
+            let _ = out.write_all(&spare);
+            let _ = out.flush();
+            spare.clear();
+        }
     }
 }
 

@@ -185,11 +185,11 @@ impl Server {
                     match tls {
                         None => conn.serve(stream).await,
                         Some(acceptor) => {
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(tls_stream)) => conn.serve(tls_stream).await,
-                                Ok(Err(_)) | Err(_) => {}
+                            // A failed or slow handshake just closes the socket.
+                            let handshake =
+                                tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                            if let Ok(Ok(tls_stream)) = handshake.await {
+                                conn.serve(tls_stream).await;
                             }
                         }
                     }
@@ -214,6 +214,7 @@ impl Server {
             }
         }
         admin_task.abort();
+        gateway.flush_logs();
     }
 }
 

@@ -11,16 +11,25 @@ use serde_json::json;
 async fn valid_token_is_forwarded_in_the_query() {
     let gw = start().await;
     let tok = token();
-    let r = gw.renew(&format!("access_token={tok}&traffic_limit=500000")).await;
+    let r = gw
+        .renew(&format!("access_token={tok}&traffic_limit=500000"))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(last_query(&gw), format!("renew&access_token={tok}&traffic_limit=500000"));
+    assert_eq!(
+        last_query(&gw),
+        format!("renew&access_token={tok}&traffic_limit=500000")
+    );
 }
 
 #[tokio::test]
 async fn missing_or_empty_token_is_empty_access_token() {
     let gw = start().await;
-    gw.renew("traffic_limit=500000").await.assert_error(400, "EmptyAccessToken");
-    gw.renew("access_token=&traffic_limit=500000").await.assert_error(400, "EmptyAccessToken");
+    gw.renew("traffic_limit=500000")
+        .await
+        .assert_error(400, "EmptyAccessToken");
+    gw.renew("access_token=&traffic_limit=500000")
+        .await
+        .assert_error(400, "EmptyAccessToken");
     assert_eq!(gw.mock.count(), 0);
 }
 
@@ -28,9 +37,17 @@ async fn missing_or_empty_token_is_empty_access_token() {
 async fn alg_none_is_refused() {
     let gw = start().await;
     use base64::Engine;
-    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    let tok = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT", "kid": "k1"})), b64(claims()));
-    gw.renew(&format!("access_token={tok}")).await.assert_error(403, "InvalidAccessToken");
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let tok = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT", "kid": "k1"})),
+        b64(claims())
+    );
+    gw.renew(&format!("access_token={tok}"))
+        .await
+        .assert_error(403, "InvalidAccessToken");
     assert_eq!(gw.mock.count(), 0);
     assert_eq!(gw.log_lines()[0]["reason"], "malformed");
 }
@@ -48,7 +65,9 @@ async fn hs_rs_confusion_is_refused() {
     .await;
     // An HS256 token whose HMAC secret is the RSA public key's PEM, naming the RSA key.
     let forged = sign_with(&claims(), Algorithm::HS256, Some("rsa1"), &public_pem);
-    gw.renew(&format!("access_token={forged}")).await.assert_error(403, "InvalidAccessToken");
+    gw.renew(&format!("access_token={forged}"))
+        .await
+        .assert_error(403, "InvalidAccessToken");
     assert_eq!(gw.mock.count(), 0);
     assert_eq!(gw.log_lines()[0]["reason"], "alg_mismatch");
 }
@@ -56,29 +75,49 @@ async fn hs_rs_confusion_is_refused() {
 #[tokio::test]
 async fn bad_signature_is_refused() {
     let gw = start().await;
-    let forged = sign_with(&claims(), Algorithm::HS256, Some("k1"), b"another-secret-of-at-least-32-bytes!!");
-    gw.renew(&format!("access_token={forged}")).await.assert_error(403, "InvalidAccessToken");
+    let forged = sign_with(
+        &claims(),
+        Algorithm::HS256,
+        Some("k1"),
+        b"another-secret-of-at-least-32-bytes!!",
+    );
+    gw.renew(&format!("access_token={forged}"))
+        .await
+        .assert_error(403, "InvalidAccessToken");
     assert_eq!(gw.mock.count(), 0);
 }
 
 #[tokio::test]
 async fn expired_beyond_leeway_is_refused_within_leeway_is_not() {
-    let gw = start_with(Setup { auth: "leeway = \"30s\"".into(), ..Setup::default() }).await;
+    let gw = start_with(Setup {
+        auth: "leeway = \"30s\"".into(),
+        ..Setup::default()
+    })
+    .await;
     let expired = token_with(json!({ "exp": now() - 120 }));
-    gw.renew(&format!("access_token={expired}")).await.assert_error(403, "InvalidAccessToken");
+    gw.renew(&format!("access_token={expired}"))
+        .await
+        .assert_error(403, "InvalidAccessToken");
     assert_eq!(gw.mock.count(), 0);
     let lines = gw.log_lines();
     assert_eq!(lines[0]["reason"], "expired");
 
     let just_expired = token_with(json!({ "exp": now() - 5 }));
-    assert_eq!(gw.renew(&format!("access_token={just_expired}")).await.status, 200);
+    assert_eq!(
+        gw.renew(&format!("access_token={just_expired}"))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn token_without_exp_is_refused() {
     let gw = start().await;
     let no_exp = token_with(json!({ "exp": null }));
-    gw.renew(&format!("access_token={no_exp}")).await.assert_error(403, "InvalidAccessToken");
+    gw.renew(&format!("access_token={no_exp}"))
+        .await
+        .assert_error(403, "InvalidAccessToken");
     assert_eq!(gw.mock.count(), 0);
 }
 
@@ -86,7 +125,9 @@ async fn token_without_exp_is_refused() {
 async fn nbf_in_the_future_is_refused() {
     let gw = start().await;
     let early = token_with(json!({ "nbf": now() + 600 }));
-    gw.renew(&format!("access_token={early}")).await.assert_error(403, "InvalidAccessToken");
+    gw.renew(&format!("access_token={early}"))
+        .await
+        .assert_error(403, "InvalidAccessToken");
     assert_eq!(gw.log_lines()[0]["reason"], "not_yet_valid");
     assert_eq!(gw.mock.count(), 0);
 }
@@ -95,16 +136,24 @@ async fn nbf_in_the_future_is_refused() {
 async fn unknown_kid_is_refused() {
     let gw = start().await;
     let other = sign_with(&claims(), Algorithm::HS256, Some("nope"), SECRET);
-    gw.renew(&format!("access_token={other}")).await.assert_error(403, "InvalidAccessToken");
+    gw.renew(&format!("access_token={other}"))
+        .await
+        .assert_error(403, "InvalidAccessToken");
     assert_eq!(gw.log_lines()[0]["reason"], "unknown_key");
     assert_eq!(gw.mock.count(), 0);
 }
 
 #[tokio::test]
 async fn oversized_token_is_refused_before_parsing() {
-    let gw = start_with(Setup { auth: "max_token_bytes = 256".into(), ..Setup::default() }).await;
+    let gw = start_with(Setup {
+        auth: "max_token_bytes = 256".into(),
+        ..Setup::default()
+    })
+    .await;
     let big = token_with(json!({ "padding": "x".repeat(400) }));
-    gw.renew(&format!("access_token={big}")).await.assert_error(403, "InvalidAccessToken");
+    gw.renew(&format!("access_token={big}"))
+        .await
+        .assert_error(403, "InvalidAccessToken");
     assert_eq!(gw.log_lines()[0]["reason"], "too_large");
     assert_eq!(gw.mock.count(), 0);
 }
@@ -112,8 +161,16 @@ async fn oversized_token_is_refused_before_parsing() {
 #[tokio::test]
 async fn jwe_and_garbage_tokens_are_refused() {
     let gw = start().await;
-    for tok in ["a.b.c.d.e", "not-a-jwt", "a.b", "..", "eyJhbGciOiJIUzI1NiJ9.e30."] {
-        gw.renew(&format!("access_token={tok}")).await.assert_error(403, "InvalidAccessToken");
+    for tok in [
+        "a.b.c.d.e",
+        "not-a-jwt",
+        "a.b",
+        "..",
+        "eyJhbGciOiJIUzI1NiJ9.e30.",
+    ] {
+        gw.renew(&format!("access_token={tok}"))
+            .await
+            .assert_error(403, "InvalidAccessToken");
     }
     assert_eq!(gw.mock.count(), 0);
 }
@@ -124,12 +181,23 @@ async fn bearer_header_is_accepted_and_forwarded_in_the_query_only() {
     let tok = token();
     let auth = format!("Bearer {tok}");
     let r = gw
-        .request(http::Method::POST, "/api/v1/file/lib1/-/ck1?renew", &[("authorization", &auth)], b"")
+        .request(
+            http::Method::POST,
+            "/api/v1/file/lib1/-/ck1?renew",
+            &[("authorization", &auth)],
+            b"",
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let got = gw.mock.last().unwrap();
-    assert_eq!(got.query.as_deref(), Some(format!("renew&access_token={tok}").as_str()));
-    assert!(got.headers.get("authorization").is_none(), "Authorization must never be forwarded");
+    assert_eq!(
+        got.query.as_deref(),
+        Some(format!("renew&access_token={tok}").as_str())
+    );
+    assert!(
+        got.headers.get("authorization").is_none(),
+        "Authorization must never be forwarded"
+    );
 }
 
 #[tokio::test]

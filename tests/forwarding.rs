@@ -19,7 +19,10 @@ async fn query_is_rebuilt_canonically_and_unknown_parameters_dropped() {
         ))
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(last_query(&gw), format!("renew&access_token={admin}&user_id=a%20b%2Bc&traffic_limit=500000"));
+    assert_eq!(
+        last_query(&gw),
+        format!("renew&access_token={admin}&user_id=a%20b%2Bc&traffic_limit=500000")
+    );
 }
 
 #[tokio::test]
@@ -49,7 +52,12 @@ async fn sdk_shaped_request_passes_unchanged() {
 async fn a_body_is_read_but_not_forwarded() {
     let gw = start().await;
     let r = gw
-        .request(Method::POST, &format!("/api/v1/file/lib1/-/ck1?renew&access_token={}", token()), &[], b"a=1&b=2")
+        .request(
+            Method::POST,
+            &format!("/api/v1/file/lib1/-/ck1?renew&access_token={}", token()),
+            &[],
+            b"a=1&b=2",
+        )
         .await;
     assert_eq!(r.status, 200);
     let got = gw.mock.last().unwrap();
@@ -59,7 +67,11 @@ async fn a_body_is_read_but_not_forwarded() {
 
 #[tokio::test]
 async fn body_over_the_limit_is_413() {
-    let gw = start_with(Setup { server: "max_body_bytes = 16".into(), ..Setup::default() }).await;
+    let gw = start_with(Setup {
+        server: "max_body_bytes = 16".into(),
+        ..Setup::default()
+    })
+    .await;
     let r = gw
         .request(
             Method::POST,
@@ -114,10 +126,14 @@ async fn bad_path_segments_are_refused() {
 async fn raw_control_characters_never_reach_the_upstream() {
     let gw = start().await;
     let tok = token();
-    let req = format!("POST /api/v1/file/lib1/-/ck\x01?renew&access_token={tok} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    let req = format!(
+        "POST /api/v1/file/lib1/-/ck\x01?renew&access_token={tok} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
     let out = raw(gw.addr, req.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-    let req = format!("POST /api/v1/file/lib1/-/ck?renew&user_id=a%0d%0aX-Evil:1&access_token={tok} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    let req = format!(
+        "POST /api/v1/file/lib1/-/ck?renew&user_id=a%0d%0aX-Evil:1&access_token={tok} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
     let out = raw(gw.addr, req.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(gw.mock.count(), 0);
@@ -163,7 +179,12 @@ async fn insane_request_ids_are_replaced() {
     let long = "a".repeat(129);
     for bad in ["has space", "quote\"", long.as_str()] {
         let r = gw
-            .request(Method::POST, &format!("/api/v1/file/lib1/-/ck1?renew&access_token={}", token()), &[("x-request-id", bad)], b"")
+            .request(
+                Method::POST,
+                &format!("/api/v1/file/lib1/-/ck1?renew&access_token={}", token()),
+                &[("x-request-id", bad)],
+                b"",
+            )
             .await;
         let id = r.headers["x-request-id"].to_str().unwrap().to_string();
         assert_ne!(id, bad);
@@ -173,12 +194,24 @@ async fn insane_request_ids_are_replaced() {
 
 #[tokio::test]
 async fn upstream_base_path_is_prepended() {
-    let mock = smh_gateway::mock_upstream::MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mock = smh_gateway::mock_upstream::MockUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let url = format!("{}/smh-prefix/", mock.url());
-    let gw = start_against(mock, Setup { upstream_url: Some(url), ..Setup::default() }).await;
+    let gw = start_against(
+        mock,
+        Setup {
+            upstream_url: Some(url),
+            ..Setup::default()
+        },
+    )
+    .await;
     // The mock answers 404 for the unknown prefix; what matters is the path it saw.
     let _ = gw.renew(&format!("access_token={}", token())).await;
-    assert_eq!(gw.mock.last().unwrap().path, "/smh-prefix/api/v1/file/lib1/-/ck1");
+    assert_eq!(
+        gw.mock.last().unwrap().path,
+        "/smh-prefix/api/v1/file/lib1/-/ck1"
+    );
 }
 
 #[tokio::test]
@@ -186,7 +219,10 @@ async fn upstream_errors_pass_through_unchanged() {
     let gw = start().await;
     let body = r#"{"code":"ConfirmKeyNotFound","message":"no such upload","requestId":"smh-1"}"#;
     for status in [404u16, 403, 409, 500, 503] {
-        gw.mock.set_behaviour(Behaviour::Fixed { status, body: body.into() });
+        gw.mock.set_behaviour(Behaviour::Fixed {
+            status,
+            body: body.into(),
+        });
         let r = gw.renew(&format!("access_token={}", token())).await;
         assert_eq!(r.status.as_u16(), status);
         assert_eq!(r.text(), body);
@@ -197,45 +233,77 @@ async fn upstream_errors_pass_through_unchanged() {
 #[tokio::test]
 async fn unreachable_upstream_is_502() {
     // Bind then drop a listener: nothing listens there any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let gw = start_with(Setup { upstream_url: Some(format!("http://127.0.0.1:{port}")), ..Setup::default() }).await;
-    gw.renew(&format!("access_token={}", token())).await.assert_error(502, "UpstreamUnavailable");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = start_with(Setup {
+        upstream_url: Some(format!("http://127.0.0.1:{port}")),
+        ..Setup::default()
+    })
+    .await;
+    gw.renew(&format!("access_token={}", token()))
+        .await
+        .assert_error(502, "UpstreamUnavailable");
 }
 
 #[tokio::test]
 async fn upstream_hangup_is_502() {
     let gw = start().await;
     gw.mock.set_behaviour(Behaviour::Hangup);
-    gw.renew(&format!("access_token={}", token())).await.assert_error(502, "UpstreamUnavailable");
+    gw.renew(&format!("access_token={}", token()))
+        .await
+        .assert_error(502, "UpstreamUnavailable");
     // Sent once: the request may have reached SMH, so it is not retried.
     assert_eq!(gw.mock.count(), 1);
 }
 
 #[tokio::test]
 async fn slow_upstream_is_504() {
-    let gw = start_with(Setup { upstream: "timeout = \"300ms\"".into(), ..Setup::default() }).await;
-    gw.mock.set_behaviour(Behaviour::Delay(Duration::from_secs(3)));
-    gw.renew(&format!("access_token={}", token())).await.assert_error(504, "UpstreamTimeout");
+    let gw = start_with(Setup {
+        upstream: "timeout = \"300ms\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    gw.mock
+        .set_behaviour(Behaviour::Delay(Duration::from_secs(3)));
+    gw.renew(&format!("access_token={}", token()))
+        .await
+        .assert_error(504, "UpstreamTimeout");
     assert_eq!(gw.mock.count(), 1);
 }
 
 #[tokio::test]
 async fn unmatched_routes_are_denied_by_default() {
     let gw = start().await;
-    gw.request(Method::GET, "/api/v1/file/lib1/-/a.jpg?info", &[], b"").await.assert_error(404, "RouteNotFound");
-    gw.post("/api/v1/file/lib1/-/ck?confirm").await.assert_error(404, "RouteNotFound");
-    gw.request(Method::GET, "/", &[], b"").await.assert_error(404, "RouteNotFound");
+    gw.request(Method::GET, "/api/v1/file/lib1/-/a.jpg?info", &[], b"")
+        .await
+        .assert_error(404, "RouteNotFound");
+    gw.post("/api/v1/file/lib1/-/ck?confirm")
+        .await
+        .assert_error(404, "RouteNotFound");
+    gw.request(Method::GET, "/", &[], b"")
+        .await
+        .assert_error(404, "RouteNotFound");
     assert_eq!(gw.mock.count(), 0);
 }
 
 #[tokio::test]
 async fn unmatched_routes_can_be_forwarded_unchanged() {
-    let gw = start_with(Setup { rest: "[routes]\nunmatched = \"forward\"\n".into(), ..Setup::default() }).await;
+    let gw = start_with(Setup {
+        rest: "[routes]\nunmatched = \"forward\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
     let r = gw
         .request(
             Method::PUT,
             "/api/v1/file/lib1/-/dir%2Fa.jpg?access_token=whatever&x=1&x=2",
-            &[("authorization", "Bearer zzz"), ("content-type", "application/json")],
+            &[
+                ("authorization", "Bearer zzz"),
+                ("content-type", "application/json"),
+            ],
             b"{\"a\":1}",
         )
         .await;
@@ -249,26 +317,49 @@ async fn unmatched_routes_can_be_forwarded_unchanged() {
     assert_eq!(got.body.as_ref(), b"{\"a\":1}");
     assert!(got.headers.get("authorization").is_none());
     // Renew is still checked in forward mode.
-    gw.renew("access_token=forged").await.assert_error(403, "InvalidAccessToken");
+    gw.renew("access_token=forged")
+        .await
+        .assert_error(403, "InvalidAccessToken");
 }
 
 #[tokio::test]
 async fn long_uri_is_414_and_large_headers_431() {
-    let gw = start_with(Setup { server: "max_uri_bytes = 512\nmax_header_bytes = 2048".into(), ..Setup::default() }).await;
-    let long = format!("/api/v1/file/lib1/-/ck1?renew&access_token={}&pad={}", token(), "x".repeat(600));
+    let gw = start_with(Setup {
+        server: "max_uri_bytes = 512\nmax_header_bytes = 2048".into(),
+        ..Setup::default()
+    })
+    .await;
+    let long = format!(
+        "/api/v1/file/lib1/-/ck1?renew&access_token={}&pad={}",
+        token(),
+        "x".repeat(600)
+    );
     gw.post(&long).await.assert_error(414, "URITooLong");
     let big = "y".repeat(3000);
-    gw.request(Method::POST, "/api/v1/file/lib1/-/ck1?renew", &[("x-big", &big)], b"")
-        .await
-        .assert_error(431, "HeaderFieldsTooLarge");
+    gw.request(
+        Method::POST,
+        "/api/v1/file/lib1/-/ck1?renew",
+        &[("x-big", &big)],
+        b"",
+    )
+    .await
+    .assert_error(431, "HeaderFieldsTooLarge");
     assert_eq!(gw.mock.count(), 0);
 }
 
 #[tokio::test]
 async fn in_flight_limit_answers_503() {
-    let gw = start_with(Setup { server: "max_in_flight = 1".into(), ..Setup::default() }).await;
-    gw.mock.set_behaviour(Behaviour::Delay(Duration::from_millis(800)));
-    let url = gw.url(&format!("/api/v1/file/lib1/-/ck1?renew&access_token={}", token()));
+    let gw = start_with(Setup {
+        server: "max_in_flight = 1".into(),
+        ..Setup::default()
+    })
+    .await;
+    gw.mock
+        .set_behaviour(Behaviour::Delay(Duration::from_millis(800)));
+    let url = gw.url(&format!(
+        "/api/v1/file/lib1/-/ck1?renew&access_token={}",
+        token()
+    ));
     let slow = tokio::spawn(send(Method::POST, url.leak(), &[], bytes::Bytes::new()));
     // Wait until the first request is at the upstream, then send a second.
     for _ in 0..100 {
@@ -277,7 +368,9 @@ async fn in_flight_limit_answers_503() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    gw.renew(&format!("access_token={}", token())).await.assert_error(503, "ServerOverloaded");
+    gw.renew(&format!("access_token={}", token()))
+        .await
+        .assert_error(503, "ServerOverloaded");
     assert_eq!(slow.await.unwrap().status, 200);
 }
 
@@ -285,8 +378,14 @@ async fn in_flight_limit_answers_503() {
 async fn access_log_records_each_request_without_secrets() {
     let gw = start().await;
     let tok = token();
-    let _ = gw.post(&format!("/api/v1/file/lib1/-/secret-confirm-key?renew&access_token={tok}&traffic_limit=1")).await;
-    let _ = gw.post("/api/v1/file/lib1/-/secret-confirm-key?renew&user_id=secret-user").await;
+    let _ = gw
+        .post(&format!(
+            "/api/v1/file/lib1/-/secret-confirm-key?renew&access_token={tok}&traffic_limit=1"
+        ))
+        .await;
+    let _ = gw
+        .post("/api/v1/file/lib1/-/secret-confirm-key?renew&user_id=secret-user")
+        .await;
     let lines = gw.log_lines();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0]["route"], "renew");

@@ -25,7 +25,10 @@ fn run_check(path: &std::path::Path, envs: &[(&str, &str)]) -> (Option<i32>, Str
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -64,15 +67,28 @@ fn check_exits_2_naming_the_key() {
 fn serve_refuses_a_missing_env_var_before_binding() {
     let dir = temp_dir("serve-env");
     // A fixed port would be bound if validation came after binding; take a free one.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let setup = Setup {
-        upstream: "credential = \"static\"\ncredential_env = \"SMH_TEST_SURELY_UNSET_TOKEN\"".into(),
+        upstream: "credential = \"static\"\ncredential_env = \"SMH_TEST_SURELY_UNSET_TOKEN\""
+            .into(),
         ..Setup::default()
     };
-    let text = config_text(&dir, "http://127.0.0.1:9", &setup).replace("listen = \"127.0.0.1:0\"\nshutdown", &format!("listen = \"127.0.0.1:{port}\"\nshutdown"));
+    let text = config_text(&dir, "http://127.0.0.1:9", &setup).replace(
+        "listen = \"127.0.0.1:0\"\nshutdown",
+        &format!("listen = \"127.0.0.1:{port}\"\nshutdown"),
+    );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).unwrap();
-    let out = bin().arg("serve").arg("--config").arg(&path).output().unwrap();
+    let out = bin()
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("upstream.credential_env"), "{err}");
@@ -81,46 +97,95 @@ fn serve_refuses_a_missing_env_var_before_binding() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn token_command_mints_a_token_the_gateway_accepts() {
-    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let dir = temp_dir("token");
     let path = write_config(&dir, &mock.url(), &Setup::default());
     let out = bin()
         .args(["token", "--config"])
         .arg(&path)
-        .args(["--kid", "k1", "--library", "lib1", "--space", "s1", "--space", "s2", "--permissions", "upload_file,view", "--ttl", "10m"])
+        .args([
+            "--kid",
+            "k1",
+            "--library",
+            "lib1",
+            "--space",
+            "s1",
+            "--space",
+            "s2",
+            "--permissions",
+            "upload_file,view",
+            "--ttl",
+            "10m",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tok = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(tok.split('.').count(), 3);
 
     let claims: serde_json::Value = {
         use base64::Engine;
         let payload = tok.split('.').nth(1).unwrap();
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
     };
     assert_eq!(claims["space_id"], serde_json::json!(["s1", "s2"]));
-    assert_eq!(claims["permissions"], serde_json::json!(["upload_file", "view"]));
+    assert_eq!(
+        claims["permissions"],
+        serde_json::json!(["upload_file", "view"])
+    );
     let ttl = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
     assert_eq!(ttl, 600);
 
     let gw = BinGateway::spawn(&path, &[]);
-    let r = send(Method::POST, &format!("http://{}/api/v1/file/lib1/s2/ck?renew&access_token={tok}", gw.addr), &[], bytes::Bytes::new()).await;
+    let r = send(
+        Method::POST,
+        &format!(
+            "http://{}/api/v1/file/lib1/s2/ck?renew&access_token={tok}",
+            gw.addr
+        ),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
-    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     mock.set_behaviour(Behaviour::Delay(Duration::from_millis(1500)));
     let dir = temp_dir("drain");
     let path = write_config(&dir, &mock.url(), &Setup::default());
     let mut gw = BinGateway::spawn(&path, &[]);
-    let ready = send(Method::GET, &format!("http://{}/readyz", gw.admin), &[], bytes::Bytes::new()).await;
+    let ready = send(
+        Method::GET,
+        &format!("http://{}/readyz", gw.admin),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
     assert_eq!(ready.status, 200);
 
-    let url = format!("http://{}/api/v1/file/lib1/-/ck?renew&access_token={}", gw.addr, token());
-    let in_flight = tokio::spawn(async move { send(Method::POST, &url, &[], bytes::Bytes::new()).await });
+    let url = format!(
+        "http://{}/api/v1/file/lib1/-/ck?renew&access_token={}",
+        gw.addr,
+        token()
+    );
+    let in_flight =
+        tokio::spawn(async move { send(Method::POST, &url, &[], bytes::Bytes::new()).await });
     for _ in 0..200 {
         if mock.count() == 1 {
             break;
@@ -132,32 +197,63 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Draining: not ready, and no new connections on the main port.
-    let ready = send(Method::GET, &format!("http://{}/readyz", gw.admin), &[], bytes::Bytes::new()).await;
+    let ready = send(
+        Method::GET,
+        &format!("http://{}/readyz", gw.admin),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
     assert_eq!(ready.status, 503);
-    assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err(), "main listener still accepts");
+    assert!(
+        tokio::net::TcpStream::connect(gw.addr).await.is_err(),
+        "main listener still accepts"
+    );
 
     let resp = in_flight.await.unwrap();
-    assert_eq!(resp.status, 200, "in-flight request was cut: {}", resp.text());
+    assert_eq!(
+        resp.status,
+        200,
+        "in-flight request was cut: {}",
+        resp.text()
+    );
     let code = tokio::task::block_in_place(|| gw.wait(Duration::from_secs(10)));
     assert_eq!(code, Some(0), "{}", gw.stderr_text());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
-    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let dir = temp_dir("reload");
     let path = write_config(&dir, &mock.url(), &Setup::default());
     let gw = BinGateway::spawn(&path, &[]);
-    let url = format!("http://{}/api/v1/file/lib1/-/ck?renew&access_token={}", gw.addr, token());
-    assert_eq!(send(Method::POST, &url, &[], bytes::Bytes::new()).await.status, 200);
+    let url = format!(
+        "http://{}/api/v1/file/lib1/-/ck?renew&access_token={}",
+        gw.addr,
+        token()
+    );
+    assert_eq!(
+        send(Method::POST, &url, &[], bytes::Bytes::new())
+            .await
+            .status,
+        200
+    );
 
     // Now only lib2 is served.
-    let only_lib2 = Setup { rest: "[[libraries]]\nid = \"lib2\"\n".into(), ..Setup::default() };
+    let only_lib2 = Setup {
+        rest: "[[libraries]]\nid = \"lib2\"\n".into(),
+        ..Setup::default()
+    };
     write_config(&dir, &mock.url(), &only_lib2);
     gw.signal("HUP");
     let mut status = 0;
     for _ in 0..100 {
-        status = send(Method::POST, &url, &[], bytes::Bytes::new()).await.status.as_u16();
+        status = send(Method::POST, &url, &[], bytes::Bytes::new())
+            .await
+            .status
+            .as_u16();
         if status == 404 {
             break;
         }
@@ -174,43 +270,92 @@ async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(gw.stderr_text().contains("reload failed"), "{}", gw.stderr_text());
-    assert_eq!(send(Method::POST, &url, &[], bytes::Bytes::new()).await.status, 404);
+    assert!(
+        gw.stderr_text().contains("reload failed"),
+        "{}",
+        gw.stderr_text()
+    );
+    assert_eq!(
+        send(Method::POST, &url, &[], bytes::Bytes::new())
+            .await
+            .status,
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn static_credential_replaces_the_token_and_sends_the_callers_user() {
-    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let dir = temp_dir("static");
-    let setup = Setup { upstream: "credential = \"static\"\ncredential_env = \"SMH_TEST_STATIC_TOKEN\"".into(), ..Setup::default() };
+    let setup = Setup {
+        upstream: "credential = \"static\"\ncredential_env = \"SMH_TEST_STATIC_TOKEN\"".into(),
+        ..Setup::default()
+    };
     let path = write_config(&dir, &mock.url(), &setup);
     let gw = BinGateway::spawn(&path, &[("SMH_TEST_STATIC_TOKEN", "smh-admin-token")]);
 
     let alice = token_with(serde_json::json!({ "sub": "alice" }));
-    let r = send(Method::POST, &format!("http://{}/api/v1/file/lib1/-/ck?renew&access_token={alice}", gw.addr), &[], bytes::Bytes::new()).await;
+    let r = send(
+        Method::POST,
+        &format!(
+            "http://{}/api/v1/file/lib1/-/ck?renew&access_token={alice}",
+            gw.addr
+        ),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(mock.last().unwrap().query.as_deref(), Some("renew&access_token=smh-admin-token&user_id=alice"));
+    assert_eq!(
+        mock.last().unwrap().query.as_deref(),
+        Some("renew&access_token=smh-admin-token&user_id=alice")
+    );
 
     let anonymous = token();
-    let r = send(Method::POST, &format!("http://{}/api/v1/file/lib1/-/ck?renew&access_token={anonymous}", gw.addr), &[], bytes::Bytes::new()).await;
+    let r = send(
+        Method::POST,
+        &format!(
+            "http://{}/api/v1/file/lib1/-/ck?renew&access_token={anonymous}",
+            gw.addr
+        ),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert_eq!(mock.last().unwrap().query.as_deref(), Some("renew&access_token=smh-admin-token"));
+    assert_eq!(
+        mock.last().unwrap().query.as_deref(),
+        Some("renew&access_token=smh-admin-token")
+    );
 }
 
 #[tokio::test]
 async fn claim_credential_sends_the_claim_and_refuses_tokens_without_it() {
-    let gw = start_with(Setup { upstream: "credential = \"claim\"\ncredential_claim = \"smh\"".into(), ..Setup::default() }).await;
+    let gw = start_with(Setup {
+        upstream: "credential = \"claim\"\ncredential_claim = \"smh\"".into(),
+        ..Setup::default()
+    })
+    .await;
     let with = token_with(serde_json::json!({ "smh": "real-smh-token" }));
     assert_eq!(gw.renew(&format!("access_token={with}")).await.status, 200);
     assert_eq!(last_query(&gw), "renew&access_token=real-smh-token");
-    gw.renew(&format!("access_token={}", token())).await.assert_error(403, "InvalidAccessToken");
+    gw.renew(&format!("access_token={}", token()))
+        .await
+        .assert_error(403, "InvalidAccessToken");
     assert_eq!(gw.mock.count(), 1);
 }
 
 #[test]
 fn demo_prints_curl_commands_that_work() {
     use std::io::{BufRead, BufReader};
-    let mut child = bin().arg("demo").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = bin()
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut curls = Vec::new();
     for line in lines.by_ref() {
@@ -224,11 +369,18 @@ fn demo_prints_curl_commands_that_work() {
     }
     assert!(curls.len() >= 5, "{curls:?}");
     let run = |cmd: &str| {
-        let out = std::process::Command::new("bash").arg("-c").arg(cmd).output().unwrap();
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(run(&curls[0]).contains("\"uploadId\""), "allowed");
-    assert!(run(&curls[1]).contains("\"x-cos-traffic-limit\":102400"), "clamped");
+    assert!(
+        run(&curls[1]).contains("\"x-cos-traffic-limit\":102400"),
+        "clamped"
+    );
     assert!(run(&curls[3]).contains("NoPermission"), "refused");
     let _ = child.kill();
     let _ = child.wait();

@@ -36,31 +36,73 @@ fn client_tls() -> rustls::ClientConfig {
 }
 
 async fn https_get(url: &str, http2: bool) -> (u16, Version, Bytes) {
-    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(client_tls()).https_only();
-    let connector = if http2 { builder.enable_http2().build() } else { builder.enable_http1().build() };
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(http2).build(connector);
-    let req = Request::builder().method(Method::POST).uri(url).body(Full::new(Bytes::new())).unwrap();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls())
+        .https_only();
+    let connector = if http2 {
+        builder.enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(http2)
+        .build(connector);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(url)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let resp = client.request(req).await.expect("https request");
     let (parts, body) = resp.into_parts();
-    (parts.status.as_u16(), parts.version, body.collect().await.unwrap().to_bytes())
+    (
+        parts.status.as_u16(),
+        parts.version,
+        body.collect().await.unwrap().to_bytes(),
+    )
 }
 
 #[tokio::test]
 async fn gateway_serves_https_over_http1_and_http2() {
-    let gw = start_with(Setup { server: tls_server(), ..Setup::default() }).await;
-    let url = format!("https://localhost:{}/api/v1/file/lib1/-/ck1?renew&access_token={}", gw.addr.port(), token());
+    let gw = start_with(Setup {
+        server: tls_server(),
+        ..Setup::default()
+    })
+    .await;
+    let url = format!(
+        "https://localhost:{}/api/v1/file/lib1/-/ck1?renew&access_token={}",
+        gw.addr.port(),
+        token()
+    );
     for http2 in [false, true] {
         let (status, version, body) = https_get(&url, http2).await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        assert_eq!(version, if http2 { Version::HTTP_2 } else { Version::HTTP_11 });
+        assert_eq!(
+            version,
+            if http2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            }
+        );
     }
-    assert_eq!(gw.mock.last().unwrap().headers["x-forwarded-proto"], "https");
+    assert_eq!(
+        gw.mock.last().unwrap().headers["x-forwarded-proto"],
+        "https"
+    );
 }
 
 #[tokio::test]
 async fn plain_http_to_a_tls_port_gets_nothing() {
-    let gw = start_with(Setup { server: tls_server(), ..Setup::default() }).await;
-    let out = raw(gw.addr, b"POST /api/v1/file/lib1/-/ck1?renew HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let gw = start_with(Setup {
+        server: tls_server(),
+        ..Setup::default()
+    })
+    .await;
+    let out = raw(
+        gw.addr,
+        b"POST /api/v1/file/lib1/-/ck1?renew HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
     assert!(!out.contains("200 OK"), "{out}");
     assert_eq!(gw.mock.count(), 0);
 }
@@ -68,7 +110,11 @@ async fn plain_http_to_a_tls_port_gets_nothing() {
 #[tokio::test]
 async fn https_upstream_is_verified_with_ca_file() {
     // Inner gateway: TLS on, in front of the mock.
-    let inner = start_with(Setup { server: tls_server(), ..Setup::default() }).await;
+    let inner = start_with(Setup {
+        server: tls_server(),
+        ..Setup::default()
+    })
+    .await;
     let ca = fixture("tls/ca.pem");
     let outer = start_against(
         inner.mock.clone(),
@@ -80,22 +126,40 @@ async fn https_upstream_is_verified_with_ca_file() {
     )
     .await;
     let tok = token();
-    let r = outer.renew(&format!("access_token={tok}&traffic_limit=1")).await;
+    let r = outer
+        .renew(&format!("access_token={tok}&traffic_limit=1"))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // Through both gateways, the mock sees the clamped, canonical query.
-    assert_eq!(last_query(&inner), format!("renew&access_token={tok}&traffic_limit=102400"));
-    assert_eq!(inner.mock.last().unwrap().headers["host"], inner.mock.addr().to_string());
+    assert_eq!(
+        last_query(&inner),
+        format!("renew&access_token={tok}&traffic_limit=102400")
+    );
+    assert_eq!(
+        inner.mock.last().unwrap().headers["host"],
+        inner.mock.addr().to_string()
+    );
 }
 
 #[tokio::test]
 async fn https_upstream_with_an_untrusted_certificate_is_502() {
-    let inner = start_with(Setup { server: tls_server(), ..Setup::default() }).await;
+    let inner = start_with(Setup {
+        server: tls_server(),
+        ..Setup::default()
+    })
+    .await;
     // Default webpki roots do not trust the test CA.
     let outer = start_against(
         inner.mock.clone(),
-        Setup { upstream_url: Some(format!("https://localhost:{}", inner.addr.port())), ..Setup::default() },
+        Setup {
+            upstream_url: Some(format!("https://localhost:{}", inner.addr.port())),
+            ..Setup::default()
+        },
     )
     .await;
-    outer.renew(&format!("access_token={}", token())).await.assert_error(502, "UpstreamUnavailable");
+    outer
+        .renew(&format!("access_token={}", token()))
+        .await
+        .assert_error(502, "UpstreamUnavailable");
     assert_eq!(inner.mock.count(), 0);
 }

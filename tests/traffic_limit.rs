@@ -25,7 +25,9 @@ async fn values_are_clamped_into_the_global_range() {
         ("999999999999", "104857600"),
         ("99999999999999999999999999999999", "104857600"),
     ] {
-        let r = gw.renew(&format!("access_token={tok}&traffic_limit={sent}")).await;
+        let r = gw
+            .renew(&format!("access_token={tok}&traffic_limit={sent}"))
+            .await;
         assert_eq!(r.status, 200, "{sent}: {}", r.text());
         assert_eq!(received_tl(&gw).as_deref(), Some(want), "{sent}");
         // The mock echoes what it received, as SMH puts it in the COS headers.
@@ -37,7 +39,18 @@ async fn values_are_clamped_into_the_global_range() {
 async fn malformed_values_are_a_400_and_never_forwarded() {
     let gw = start().await;
     let tok = token();
-    for bad in ["", "-1", "%2B1", "1.5", "1e6", "%201", "1%20", "0x10", "abc", "%EF%BC%91"] {
+    for bad in [
+        "",
+        "-1",
+        "%2B1",
+        "1.5",
+        "1e6",
+        "%201",
+        "1%20",
+        "0x10",
+        "abc",
+        "%EF%BC%91",
+    ] {
         gw.renew(&format!("access_token={tok}&traffic_limit={bad}"))
             .await
             .assert_error(400, "ParamInvalid");
@@ -55,8 +68,15 @@ async fn absent_stays_absent_without_a_default() {
 
 #[tokio::test]
 async fn absent_gets_the_global_default() {
-    let gw = start_with(Setup { rest: "[traffic_limit]\ndefault = 2097152\n".into(), ..Setup::default() }).await;
-    assert_eq!(gw.renew(&format!("access_token={}", token())).await.status, 200);
+    let gw = start_with(Setup {
+        rest: "[traffic_limit]\ndefault = 2097152\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    assert_eq!(
+        gw.renew(&format!("access_token={}", token())).await.status,
+        200
+    );
     assert_eq!(received_tl(&gw).as_deref(), Some("2097152"));
 }
 
@@ -81,8 +101,17 @@ id = "lib2"
     })
     .await;
     let tok = token();
-    for (sent, want) in [("102400", "204800"), ("700000", "700000"), ("99999999", "1048576")] {
-        assert_eq!(gw.renew(&format!("access_token={tok}&traffic_limit={sent}")).await.status, 200);
+    for (sent, want) in [
+        ("102400", "204800"),
+        ("700000", "700000"),
+        ("99999999", "1048576"),
+    ] {
+        assert_eq!(
+            gw.renew(&format!("access_token={tok}&traffic_limit={sent}"))
+                .await
+                .status,
+            200
+        );
         assert_eq!(received_tl(&gw).as_deref(), Some(want), "{sent}");
     }
     assert_eq!(gw.renew(&format!("access_token={tok}")).await.status, 200);
@@ -90,8 +119,20 @@ id = "lib2"
 
     // lib2 is listed without a tier: the global range and default apply.
     let tok2 = token_with(serde_json::json!({ "library_id": "lib2" }));
-    assert_eq!(gw.post(&format!("/api/v1/file/lib2/-/ck?renew&access_token={tok2}&traffic_limit=99999999")).await.status, 200);
+    assert_eq!(
+        gw.post(&format!(
+            "/api/v1/file/lib2/-/ck?renew&access_token={tok2}&traffic_limit=99999999"
+        ))
+        .await
+        .status,
+        200
+    );
     assert_eq!(received_tl(&gw).as_deref(), Some("99999999"));
-    assert_eq!(gw.post(&format!("/api/v1/file/lib2/-/ck?renew&access_token={tok2}")).await.status, 200);
+    assert_eq!(
+        gw.post(&format!("/api/v1/file/lib2/-/ck?renew&access_token={tok2}"))
+            .await
+            .status,
+        200
+    );
     assert_eq!(received_tl(&gw).as_deref(), Some("10485760"));
 }

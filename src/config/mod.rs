@@ -203,6 +203,9 @@ pub fn parse_alg(name: &str) -> Option<Algorithm> {
     name.parse().ok()
 }
 
+/// Clock skew tolerated at most; more would make `exp` meaningless.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(3600);
+
 /// Global traffic_limit defaults (SPEC §4): 100 KiB/s to 100 MiB/s.
 pub const TRAFFIC_LIMIT_MIN: u64 = 102_400;
 pub const TRAFFIC_LIMIT_MAX: u64 = 104_857_600;
@@ -237,12 +240,12 @@ fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
     let de = toml::Deserializer::parse(text)
         .map_err(|e| ConfigError::new(path, None, format!("TOML syntax: {}", one_line(&e))))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
+        // The path already ends with an unknown field's name; a missing field is
+        // reported at its table, so name the field itself.
         let mut key = e.path().to_string();
-        let inner = e.into_inner();
-        let message = inner.message().to_string();
-        // serde reports an unknown field at its parent; name the field itself.
+        let message = e.into_inner().message().to_string();
         if let Some(field) = message
-            .strip_prefix("unknown field `")
+            .strip_prefix("missing field `")
             .and_then(|rest| rest.split('`').next())
         {
             key = if key == "." {
@@ -560,7 +563,16 @@ impl Validator<'_> {
             Ok(v.to_string())
         };
         Ok(AuthConfig {
-            leeway: self.duration("auth.leeway", &a.leeway)?,
+            leeway: {
+                let leeway = self.duration("auth.leeway", &a.leeway)?;
+                if leeway > MAX_LEEWAY {
+                    return Err(self.err(
+                        "auth.leeway",
+                        "must be at most 1h: a larger leeway accepts long-expired tokens",
+                    ));
+                }
+                leeway
+            },
             max_token_bytes: self.count("auth.max_token_bytes", a.max_token_bytes, 64)?,
             issuers: list("auth.issuers", &a.issuers)?,
             audiences: list("auth.audiences", &a.audiences)?,
@@ -634,8 +646,11 @@ impl Validator<'_> {
                     let b = TrafficLimitBounds {
                         min: t.min.unwrap_or(global.min),
                         max: t.max.unwrap_or(global.max),
-                        default: t.default.or(global.default.filter(|d| {
-                            (t.min.unwrap_or(global.min)..=t.max.unwrap_or(global.max)).contains(d)
+                        // SPEC §4: the library's default, else the global one, which
+                        // must still respect the library's narrower range.
+                        default: t.default.or(global.default.map(|d| {
+                            d.max(t.min.unwrap_or(global.min))
+                                .min(t.max.unwrap_or(global.max))
                         })),
                     };
                     self.check_bounds(&key, &b)?;

@@ -130,6 +130,11 @@ impl Verifier {
             return Err(AuthFailure::Malformed);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthFailure::Malformed)?;
+        // RFC 7515 §4.1.11: critical extensions we do not understand (we understand
+        // none) must be refused; `enc` marks a JWE.
+        if header.crit.is_some() || header.enc.is_some() {
+            return Err(AuthFailure::Malformed);
+        }
         let issuer = if self.lookup_by_issuer {
             let peek: IssuerPeek = jsonwebtoken::dangerous::insecure_decode_claims(token)
                 .map_err(|_| AuthFailure::Malformed)?;
@@ -161,6 +166,11 @@ impl Verifier {
                     _ => AuthFailure::Malformed,
                 }
             })?;
+        // RFC 7519: `iss` is one StringOrURI. jsonwebtoken also accepts an array and
+        // passes it when any element is listed; an array could smuggle an issuer in.
+        if data.claims.get("iss").is_some_and(|iss| !iss.is_string()) {
+            return Err(AuthFailure::Issuer);
+        }
         self.principal(&data.claims)
     }
 
@@ -265,7 +275,8 @@ fn string_list(v: &Value) -> Vec<String> {
 fn validation(config: &Config, alg: Algorithm) -> Validation {
     let auth = &config.auth;
     let mut v = Validation::new(alg);
-    v.leeway = auth.leeway.as_secs();
+    // jsonwebtoken counts whole seconds: round up, so "500ms" still tolerates skew.
+    v.leeway = auth.leeway.as_secs() + u64::from(auth.leeway.subsec_nanos() > 0);
     v.validate_exp = true;
     v.validate_nbf = true;
     let mut required = vec!["exp"];

@@ -119,6 +119,11 @@ impl Gateway {
         self.settings.store(Arc::new(settings));
     }
 
+    /// Writes out buffered access-log lines (at exit).
+    pub fn flush_logs(&self) {
+        self.access_log.flush();
+    }
+
     /// The outer handler: never fails, always logs once.
     pub async fn handle(
         &self,

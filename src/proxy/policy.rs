@@ -40,7 +40,7 @@ pub fn authorize(
         let covered = if principal.spaces.is_empty() {
             scope.space == NO_SPACE
         } else {
-            principal.spaces.iter().any(|s| *s == scope.space)
+            principal.spaces.contains(&scope.space)
         };
         if !covered {
             return Err(GatewayError::AccessTokenNotMatchSpace);

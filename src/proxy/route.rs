@@ -35,7 +35,7 @@ impl RouteName {
     }
 
     /// SMH's grants that allow the operation (SMH-NOTES §2, §3).
-    pub fn permissions(self) -> &'static [&'static str] {
+    pub const fn permissions(self) -> &'static [&'static str] {
         match self {
             RouteName::Renew => &[
                 "admin",

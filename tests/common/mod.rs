@@ -62,7 +62,9 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 /// The config text a test gateway runs with.
@@ -105,7 +107,9 @@ pub async fn start() -> TestGateway {
 }
 
 pub async fn start_with(setup: Setup) -> TestGateway {
-    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     start_against(mock, setup).await
 }
 
@@ -117,7 +121,9 @@ pub async fn start_against(mock: MockUpstream, setup: Setup) -> TestGateway {
     std::fs::write(&path, config_text(&dir, &url, &setup)).unwrap();
     let config = Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
     let (log, logs) = AccessLog::channel();
-    let server = Server::bind(config, log).await.unwrap_or_else(|e| panic!("bind: {e}"));
+    let server = Server::bind(config, log)
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
     let (addr, admin) = (server.local_addr(), server.admin_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
@@ -141,14 +147,21 @@ impl TestGateway {
 
     /// POST a renew for `lib1/-/ck1` with this query after `renew&`.
     pub async fn renew(&self, query: &str) -> Resp {
-        self.post(&format!("/api/v1/file/lib1/-/ck1?renew&{query}")).await
+        self.post(&format!("/api/v1/file/lib1/-/ck1?renew&{query}"))
+            .await
     }
 
     pub async fn post(&self, target: &str) -> Resp {
         send(Method::POST, &self.url(target), &[], Bytes::new()).await
     }
 
-    pub async fn request(&self, method: Method, target: &str, headers: &[(&str, &str)], body: &'static [u8]) -> Resp {
+    pub async fn request(
+        &self,
+        method: Method,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &'static [u8],
+    ) -> Resp {
         send(method, &self.url(target), headers, Bytes::from_static(body)).await
     }
 
@@ -194,7 +207,8 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     /// The SMH error code of a gateway error body.
@@ -214,20 +228,28 @@ impl Resp {
         let v = self.json();
         assert_eq!(v["code"], code, "body: {v}");
         assert!(v["message"].is_string(), "body: {v}");
-        assert_eq!(v["requestId"], self.headers["x-request-id"].to_str().unwrap(), "body: {v}");
+        assert_eq!(
+            v["requestId"],
+            self.headers["x-request-id"].to_str().unwrap(),
+            "body: {v}"
+        );
     }
 }
 
 pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req.body(Full::new(body)).unwrap()))
-        .await
-        .expect("gateway answered within 10s")
-        .expect("request sent");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(req.body(Full::new(body)).unwrap()),
+    )
+    .await
+    .expect("gateway answered within 10s")
+    .expect("request sent");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     Resp {
@@ -248,7 +270,10 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Claims of a valid upload token for lib1 (no space, no user), valid for an hour.
@@ -266,10 +291,20 @@ pub fn sign(claims: &Value) -> String {
     sign_with(claims, jsonwebtoken::Algorithm::HS256, Some("k1"), SECRET)
 }
 
-pub fn sign_with(claims: &Value, alg: jsonwebtoken::Algorithm, kid: Option<&str>, secret: &[u8]) -> String {
+pub fn sign_with(
+    claims: &Value,
+    alg: jsonwebtoken::Algorithm,
+    kid: Option<&str>,
+    secret: &[u8],
+) -> String {
     let mut header = jsonwebtoken::Header::new(alg);
     header.kid = kid.map(str::to_string);
-    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap()
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
 }
 
 /// A valid upload token for lib1.
@@ -292,7 +327,11 @@ pub fn token_with(extra: Value) -> String {
 
 /// The query string the upstream received on its last request.
 pub fn last_query(gw: &TestGateway) -> String {
-    gw.mock.last().expect("upstream received a request").query.unwrap_or_default()
+    gw.mock
+        .last()
+        .expect("upstream received a request")
+        .query
+        .unwrap_or_default()
 }
 
 /// The real binary, `smh-gateway serve`, as a child process.
@@ -326,7 +365,10 @@ impl BinGateway {
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = lines.clone();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let _ = tx.send(rest.to_string());
                 }
@@ -339,8 +381,17 @@ impl BinGateway {
         // "127.0.0.1:PORT (admin 127.0.0.1:PORT)\"..."
         let mut words = rest.split([' ', '(', ')', '"']).filter(|w| w.contains(':'));
         let addr = words.next().unwrap().parse().unwrap();
-        let admin = words.find(|w| w.parse::<SocketAddr>().is_ok()).unwrap().parse().unwrap();
-        BinGateway { child, addr, admin, stderr: lines }
+        let admin = words
+            .find(|w| w.parse::<SocketAddr>().is_ok())
+            .unwrap()
+            .parse()
+            .unwrap();
+        BinGateway {
+            child,
+            addr,
+            admin,
+            stderr: lines,
+        }
     }
 
     pub fn signal(&self, sig: &str) {
@@ -362,7 +413,10 @@ impl BinGateway {
             }
             if std::time::Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("gateway did not exit within {limit:?}: {:?}", self.stderr.lock().unwrap());
+                panic!(
+                    "gateway did not exit within {limit:?}: {:?}",
+                    self.stderr.lock().unwrap()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
