@@ -15,6 +15,11 @@ use smh_gateway::proxy::{Gateway, Settings};
 use smh_gateway::server::{Server, StartError, prepare};
 use smh_gateway::token::{TokenSpec, mint, parse_permissions};
 
+/// mimalloc: fewer cycles per request than glibc malloc for the many small,
+/// short-lived allocations of a request (headers, strings, futures).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for any configuration problem.
 const EXIT_CONFIG: u8 = 2;
 

@@ -225,3 +225,20 @@ async fn refusals_never_echo_the_token() {
     let line = gw.log_lines()[0].to_string();
     assert!(!line.contains(&expired), "{line}");
 }
+
+#[tokio::test]
+async fn a_verified_token_still_expires() {
+    // The verifier caches successes; the cached entry must not outlive exp.
+    let gw = start_with(Setup {
+        auth: "leeway = \"0s\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let short = token_with(json!({ "exp": now() + 1 }));
+    assert_eq!(gw.renew(&format!("access_token={short}")).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    gw.renew(&format!("access_token={short}"))
+        .await
+        .assert_error(403, "InvalidAccessToken");
+    assert_eq!(gw.mock.count(), 1);
+}

@@ -8,7 +8,10 @@
 //! `nbf`, `iss`, `aud` with `auth.leeway`. Header fields `jku`, `x5u`, `jwk`, `x5c`
 //! are never read: keys come from the config only.
 
+mod cache;
+
 use std::path::Path;
+use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
@@ -19,6 +22,7 @@ use serde_json::{Map, Value};
 use crate::config::{ClaimNames, Config, ConfigError, CredentialMode, KeySource, parse_alg};
 use crate::error::AuthFailure;
 use crate::secret::Secret;
+use cache::VerifiedCache;
 
 /// Minimum HMAC secret length (SPEC §2): shorter secrets are brute-forceable.
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
@@ -60,6 +64,8 @@ pub struct Verifier {
     claims: ClaimNames,
     max_token_bytes: usize,
     credential_claim: Option<String>,
+    leeway_secs: u64,
+    cache: VerifiedCache,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -114,6 +120,8 @@ impl Verifier {
             keys,
             claims: auth.claims.clone(),
             max_token_bytes: auth.max_token_bytes,
+            leeway_secs: leeway_secs(auth.leeway),
+            cache: VerifiedCache::new(),
             credential_claim: match &config.upstream.credential {
                 CredentialMode::Claim(name) => Some(name.clone()),
                 _ => None,
@@ -121,7 +129,28 @@ impl Verifier {
         })
     }
 
+    /// Verifies a token, answering from the cache of recently verified tokens when
+    /// it can (only the expiry is re-checked then: everything else about a token is
+    /// fixed by its bytes and this config). This is what the pipeline calls.
+    pub fn verify_cached(&self, token: &Secret) -> Result<Arc<Principal>, AuthFailure> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(hit) = self.cache.get(token.expose(), now, self.leeway_secs) {
+            return hit;
+        }
+        let (principal, exp) = self.verify_full(token)?;
+        let principal = Arc::new(principal);
+        self.cache
+            .insert(token.expose(), principal.clone(), exp, now);
+        Ok(principal)
+    }
+
+    /// Verifies a token from scratch.
     pub fn verify(&self, token: &Secret) -> Result<Principal, AuthFailure> {
+        self.verify_full(token).map(|(principal, _)| principal)
+    }
+
+    /// Verifies a token; returns the principal and the token's `exp`.
+    fn verify_full(&self, token: &Secret) -> Result<(Principal, u64), AuthFailure> {
         let token = token.expose();
         if token.len() > self.max_token_bytes {
             return Err(AuthFailure::TooLarge);
@@ -171,7 +200,13 @@ impl Verifier {
         if data.claims.get("iss").is_some_and(|iss| !iss.is_string()) {
             return Err(AuthFailure::Issuer);
         }
-        self.principal(&data.claims)
+        // Present and numeric: jsonwebtoken validated it.
+        let exp = data
+            .claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .map_or(0, |e| e as u64);
+        Ok((self.principal(&data.claims)?, exp))
     }
 
     /// SPEC §2: a key is found by (`iss`, `kid`); a token without `kid` may use only
@@ -272,11 +307,15 @@ fn string_list(v: &Value) -> Vec<String> {
     }
 }
 
+/// jsonwebtoken counts whole seconds: round up, so "500ms" still tolerates skew.
+fn leeway_secs(leeway: std::time::Duration) -> u64 {
+    leeway.as_secs() + u64::from(leeway.subsec_nanos() > 0)
+}
+
 fn validation(config: &Config, alg: Algorithm) -> Validation {
     let auth = &config.auth;
     let mut v = Validation::new(alg);
-    // jsonwebtoken counts whole seconds: round up, so "500ms" still tolerates skew.
-    v.leeway = auth.leeway.as_secs() + u64::from(auth.leeway.subsec_nanos() > 0);
+    v.leeway = leeway_secs(auth.leeway);
     v.validate_exp = true;
     v.validate_nbf = true;
     let mut required = vec!["exp"];

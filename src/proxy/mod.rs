@@ -216,7 +216,7 @@ impl Gateway {
         let token = renew.token.as_ref().ok_or(GatewayError::EmptyAccessToken)?;
         let principal = settings
             .verifier
-            .verify(token)
+            .verify_cached(token)
             .map_err(GatewayError::InvalidAccessToken)?;
         policy::authorize(
             &config.libraries,
