@@ -75,13 +75,33 @@ impl AccessRecord {
     }
 }
 
-/// The current time as RFC 3339 UTC with milliseconds.
+/// The current time as RFC 3339 UTC with milliseconds. The date and time up to
+/// the second are formatted once a second per thread; only the milliseconds are
+/// formatted per call.
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    now.format(fmt).unwrap_or_default()
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let fmt =
+                time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+            let formatted = i64::try_from(secs)
+                .ok()
+                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                .and_then(|t| t.format(fmt).ok())
+                .unwrap_or_default();
+            *cached = (secs, formatted);
+        }
+        format!("{}.{:03}Z", cached.1, since.subsec_millis())
+    })
 }
 
 /// Where access lines go.

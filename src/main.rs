@@ -129,12 +129,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The async runtime. `TOKIO_WORKER_THREADS` sets the worker count, as with
+/// `#[tokio::main]` (default: one per core). With exactly one worker the
+/// current-thread scheduler runs everything on the main thread, which spares the
+/// hand-offs between the main thread and a lone worker.
 fn runtime() -> tokio::runtime::Runtime {
-    // Honours TOKIO_WORKER_THREADS, like #[tokio::main].
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    let one_worker = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut builder = if one_worker {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build().expect("tokio runtime")
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {

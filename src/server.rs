@@ -1,6 +1,7 @@
 //! Listeners and connections: bind (after everything is validated), accept with a
-//! connection limit, optional TLS, HTTP/1.1 and HTTP/2 on one port (hyper-util's
-//! auto builder), idle connections closed, and the graceful drain on shutdown:
+//! connection limit, optional TLS, HTTP/1.1 (and HTTP/2 when TLS negotiates it by
+//! ALPN; plaintext is HTTP/1.1 only, which spares every request the protocol
+//! sniffing of hyper-util's auto builder), idle connections closed, and the graceful drain on shutdown:
 //! `/readyz` turns 503, the listener closes, every connection is told to finish its
 //! in-flight requests, and the process waits up to `server.shutdown_grace`.
 
@@ -14,9 +15,10 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -148,7 +150,7 @@ impl Server {
             .min(Semaphore::MAX_PERMITS)
             .min(u32::MAX as usize);
         let connections = Arc::new(Semaphore::new(max_connections));
-        let builder = Arc::new(http_builder(&server));
+        let builder = Arc::new(Protocols::new(&server));
         let proto = if tls.is_some() { "https" } else { "http" };
 
         let accept = async {
@@ -165,11 +167,11 @@ impl Server {
                 let _ = stream.set_nodelay(true);
                 let client = ClientInfo { addr: peer, proto };
                 let Ok(permit) = connections.clone().try_acquire_owned() else {
-                    tokio::spawn(refuse_overloaded(
-                        stream,
-                        builder.clone(),
-                        server.header_read_timeout,
-                    ));
+                    // Over the limit: a plaintext client is told why; a TLS one
+                    // would need a handshake first, so it is just closed.
+                    if tls.is_none() {
+                        tokio::spawn(refuse_overloaded(stream, server.header_read_timeout));
+                    }
                     continue;
                 };
                 let conn = Conn {
@@ -183,13 +185,14 @@ impl Server {
                 let handshake_timeout = server.header_read_timeout;
                 tokio::spawn(async move {
                     match tls {
-                        None => conn.serve(stream).await,
+                        None => conn.serve(stream, false).await,
                         Some(acceptor) => {
                             // A failed or slow handshake just closes the socket.
                             let handshake =
                                 tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
                             if let Ok(Ok(tls_stream)) = handshake.await {
-                                conn.serve(tls_stream).await;
+                                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                                conn.serve(tls_stream, h2).await;
                             }
                         }
                     }
@@ -218,30 +221,37 @@ impl Server {
     }
 }
 
-fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's own limit is a backstop (it answers a bare 431); requests under it are
-    // measured against server.max_header_bytes/max_uri_bytes in proxy::check_limits,
-    // which answers in SMH's JSON shape.
-    let buf = (server.max_header_bytes + server.max_uri_bytes + 8192).max(8192);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(buf)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
-    builder
+/// The HTTP/1.1 and HTTP/2 connection settings.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(server: &ServerConfig) -> Protocols {
+        // hyper's own limit is a backstop (it answers a bare 431); requests under it
+        // are measured against server.max_header_bytes/max_uri_bytes in
+        // proxy::check_limits, which answers in SMH's JSON shape.
+        let buf = (server.max_header_bytes + server.max_uri_bytes + 8192).max(8192);
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            .max_buf_size(buf)
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256);
+        Protocols { http1, http2 }
+    }
 }
 
 /// One accepted connection.
 struct Conn {
     gateway: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Protocols>,
     client: ClientInfo,
     drain: watch::Receiver<bool>,
     idle_timeout: Duration,
@@ -290,7 +300,7 @@ impl Drop for InFlight {
 }
 
 impl Conn {
-    async fn serve<I>(mut self, io: I)
+    async fn serve<I>(self, io: I, h2: bool)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -311,7 +321,19 @@ impl Conn {
                 Ok::<_, Infallible>(resp)
             }
         });
-        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        let io = TokioIo::new(io);
+        let builder = self.builder.clone();
+        if h2 {
+            self.drive(builder.http2.serve_connection(io, service), &activity)
+                .await;
+        } else {
+            self.drive(builder.http1.serve_connection(io, service), &activity)
+                .await;
+        }
+    }
+
+    /// Runs a connection to its end, closing it gracefully on drain or when idle.
+    async fn drive(mut self, conn: impl GracefulConnection, activity: &Activity) {
         tokio::pin!(conn);
         let mut closing = *self.drain.borrow();
         if closing {
@@ -336,25 +358,20 @@ impl Conn {
 }
 
 /// Over `server.max_connections`: answer one 503 ServerOverloaded and close.
-async fn refuse_overloaded(
-    stream: TcpStream,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    timeout: Duration,
-) {
+async fn refuse_overloaded(stream: TcpStream, timeout: Duration) {
     let service = service_fn(|_req: Request<Incoming>| async {
-        let mut resp: Response<ResponseBody> = GatewayError::ServerOverloaded
+        let resp: Response<ResponseBody> = GatewayError::ServerOverloaded
             .to_response("-")
             .map(|b| http_body_util::Either::Left(http_body_util::Full::new(b)));
-        resp.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
         Ok::<_, Infallible>(resp)
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    conn.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(timeout, conn).await;
+    let mut http1 = http1::Builder::new();
+    http1.keep_alive(false);
+    let _ = tokio::time::timeout(
+        timeout,
+        http1.serve_connection(TokioIo::new(stream), service),
+    )
+    .await;
 }
 
 fn tls_acceptor(files: &TlsFiles, config: &Config) -> Result<TlsAcceptor, ConfigError> {

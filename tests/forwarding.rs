@@ -400,3 +400,22 @@ async fn access_log_records_each_request_without_secrets() {
         }
     }
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_get_503() {
+    let gw = start_with(Setup {
+        server: "max_connections = 1".into(),
+        ..Setup::default()
+    })
+    .await;
+    // Hold the only connection slot open.
+    let _held = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = raw(
+        gw.addr,
+        b"GET /api/v1/file/lib1/-/a?info HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(out.contains("ServerOverloaded"), "{out}");
+}
