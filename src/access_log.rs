@@ -52,14 +52,18 @@ struct Line<'a> {
     duration_ms: f64,
     upstream_status: Option<u16>,
     cache: Option<&'static str>,
-    client: String,
+    client: std::net::IpAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
 }
 
 impl AccessRecord {
     pub fn to_json(&self) -> String {
-        let line = Line {
+        serde_json::to_string(&self.line()).unwrap_or_default()
+    }
+
+    fn line(&self) -> Line<'_> {
+        Line {
             ts: now_rfc3339(),
             request_id: &self.request_id,
             method: self.method.as_str(),
@@ -68,10 +72,9 @@ impl AccessRecord {
             duration_ms: (self.duration.as_secs_f64() * 1e6).round() / 1e3,
             upstream_status: self.upstream_status,
             cache: self.cache,
-            client: self.client.ip().to_string(),
+            client: self.client.ip(),
             reason: self.reason,
-        };
-        serde_json::to_string(&line).unwrap_or_default()
+        }
     }
 }
 
@@ -172,13 +175,18 @@ impl AccessLog {
                 }
             }
             Sink::Buffered(shared) => {
-                let line = record.to_json();
+                let line = record.line();
                 let mut buf = shared.buf.lock().unwrap_or_else(|e| e.into_inner());
-                if buf.len() + line.len() >= MAX_BUFFERED {
+                if buf.len() >= MAX_BUFFERED {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                buf.extend_from_slice(line.as_bytes());
+                // Serialized straight into the shared buffer: no per-line String.
+                let start = buf.len();
+                if serde_json::to_writer(&mut *buf, &line).is_err() {
+                    buf.truncate(start);
+                    return;
+                }
                 buf.push(b'\n');
                 if buf.len() >= FLUSH_AT {
                     shared.wake.notify_one();

@@ -237,15 +237,11 @@ impl Gateway {
         let path_and_query = format!(
             "{}?{}",
             rewrite::renew_path(self.upstream.base_path(), &renew),
-            rewrite::renew_query(&credential, user_id.as_deref(), traffic_limit)
+            rewrite::renew_query(credential, user_id, traffic_limit)
         );
 
-        let mut headers = headers::upstream_request_headers(
-            &parts.headers,
-            client.addr,
-            client.proto,
-            request_id,
-        );
+        let mut headers =
+            headers::upstream_request_headers(parts.headers, client.addr, client.proto, request_id);
         headers.remove(header::CONTENT_LENGTH);
         let (resp, deadline) = self
             .upstream
@@ -285,12 +281,8 @@ impl Gateway {
             self.upstream.base_path().trim_end_matches('/'),
             target
         );
-        let mut headers = headers::upstream_request_headers(
-            &parts.headers,
-            client.addr,
-            client.proto,
-            request_id,
-        );
+        let mut headers =
+            headers::upstream_request_headers(parts.headers, client.addr, client.proto, request_id);
         headers.remove(header::CONTENT_LENGTH);
         headers.remove(header::EXPECT);
         let (resp, _) = self

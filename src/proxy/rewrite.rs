@@ -69,30 +69,18 @@ impl CredentialSource {
 
     /// The access_token and user_id sent upstream (SPEC §5). `caller_token` is the
     /// verified token; `user_id` is the caller's, already allowed by policy.
-    pub fn choose(
-        &self,
-        caller_token: &Secret,
-        principal: &Principal,
-        user_id: Option<&str>,
-    ) -> Result<(Secret, Option<String>), GatewayError> {
+    pub fn choose<'a>(
+        &'a self,
+        caller_token: &'a Secret,
+        principal: &'a Principal,
+        user_id: Option<&'a str>,
+    ) -> Result<(&'a Secret, Option<&'a str>), GatewayError> {
         match self {
-            CredentialSource::Passthrough => {
-                Ok((caller_token.clone(), user_id.map(str::to_string)))
-            }
-            CredentialSource::Claim => principal
-                .credential
-                .clone()
-                .map(|c| (c, user_id.map(str::to_string)))
-                .ok_or(GatewayError::InvalidAccessToken(
-                    AuthFailure::MissingCredentialClaim,
-                )),
-            CredentialSource::Static(token) => {
-                let user = principal
-                    .user
-                    .clone()
-                    .or_else(|| user_id.map(str::to_string));
-                Ok((token.clone(), user))
-            }
+            CredentialSource::Passthrough => Ok((caller_token, user_id)),
+            CredentialSource::Claim => principal.credential.as_ref().map(|c| (c, user_id)).ok_or(
+                GatewayError::InvalidAccessToken(AuthFailure::MissingCredentialClaim),
+            ),
+            CredentialSource::Static(token) => Ok((token, principal.user.as_deref().or(user_id))),
         }
     }
 }
@@ -254,33 +242,28 @@ mod tests {
     #[test]
     fn credential_modes() {
         let caller = Secret::new("caller");
+        let nobody = principal(None, None);
+        let with_claim = principal(None, Some("smh"));
+        let alice = principal(Some("alice"), None);
+
         let (c, u) = CredentialSource::Passthrough
-            .choose(&caller, &principal(None, None), Some("u"))
+            .choose(&caller, &nobody, Some("u"))
             .unwrap();
-        assert_eq!((c.expose(), u.as_deref()), ("caller", Some("u")));
+        assert_eq!((c.expose(), u), ("caller", Some("u")));
 
         let (c, u) = CredentialSource::Claim
-            .choose(&caller, &principal(None, Some("smh")), None)
+            .choose(&caller, &with_claim, None)
             .unwrap();
         assert_eq!((c.expose(), u), ("smh", None));
-        assert_eq!(
-            CredentialSource::Claim
-                .choose(&caller, &principal(None, None), None)
-                .unwrap_err()
-                .code(),
-            "InvalidAccessToken"
-        );
+        let missing = CredentialSource::Claim.choose(&caller, &nobody, None);
+        assert_eq!(missing.unwrap_err().code(), "InvalidAccessToken");
 
         let st = CredentialSource::Static(Secret::new("static"));
-        let (c, u) = st
-            .choose(&caller, &principal(Some("alice"), None), None)
-            .unwrap();
-        assert_eq!((c.expose(), u.as_deref()), ("static", Some("alice")));
-        let (_, u) = st
-            .choose(&caller, &principal(None, None), Some("bob"))
-            .unwrap();
-        assert_eq!(u.as_deref(), Some("bob"));
-        let (_, u) = st.choose(&caller, &principal(None, None), None).unwrap();
+        let (c, u) = st.choose(&caller, &alice, None).unwrap();
+        assert_eq!((c.expose(), u), ("static", Some("alice")));
+        let (_, u) = st.choose(&caller, &nobody, Some("bob")).unwrap();
+        assert_eq!(u, Some("bob"));
+        let (_, u) = st.choose(&caller, &nobody, None).unwrap();
         assert_eq!(u, None);
     }
 }

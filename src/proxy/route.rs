@@ -7,6 +7,8 @@
 //! once; traffic_limit must be ASCII digits. Unknown parameters are dropped here, which
 //! is how "forward exactly what was checked" starts.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, Method, Uri, header};
 
 use crate::error::GatewayError;
@@ -232,8 +234,13 @@ fn decode_value(raw: &str) -> Result<String, GatewayError> {
 /// Percent-decoding that refuses what lenient decoders pass through: a `%` not
 /// followed by two hex digits, and bytes that are not UTF-8.
 fn percent_decode_strict(raw: &str) -> Option<String> {
+    percent_decode_cow(raw).map(Cow::into_owned)
+}
+
+/// As [`percent_decode_strict`], borrowing when there is nothing to decode.
+fn percent_decode_cow(raw: &str) -> Option<Cow<'_, str>> {
     if !raw.contains('%') {
-        return Some(raw.to_string());
+        return Some(Cow::Borrowed(raw));
     }
     let bytes = raw.as_bytes();
     let mut i = 0;
@@ -248,13 +255,13 @@ fn percent_decode_strict(raw: &str) -> Option<String> {
     percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .ok()
-        .map(|c| c.into_owned())
+        .map(|c| Cow::Owned(c.into_owned()))
 }
 
 /// The raw query as `key[=value]` pairs in order; keys decoded, values kept raw
 /// until a phase asks for one.
 struct Query<'a> {
-    pairs: Vec<(String, &'a str)>,
+    pairs: Vec<(Cow<'a, str>, &'a str)>,
 }
 
 impl<'a> Query<'a> {
@@ -265,7 +272,7 @@ impl<'a> Query<'a> {
             .map(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                 // An undecodable key cannot be one we know; it is dropped with the rest.
-                let key = percent_decode_strict(k).unwrap_or_default();
+                let key = percent_decode_cow(k).unwrap_or_default();
                 (key, v)
             })
             .collect();
