@@ -1,4 +1,5 @@
-//! The admin listener (SPEC §8): `/healthz` (200 while the process runs) and
+//! The admin listener (SPEC §8): `/metrics` (Prometheus text format 0.0.4),
+//! `/healthz` (200 while the process runs) and
 //! `/readyz` (200 once config is loaded and listeners are bound, 503 from the moment
 //! draining starts). It is a separate port so that it can stay on loopback or a
 //! management network while the main port faces clients.
@@ -16,7 +17,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-pub async fn serve(listener: TcpListener, draining: Arc<AtomicBool>) {
+use crate::proxy::Gateway;
+
+pub async fn serve(listener: TcpListener, draining: Arc<AtomicBool>, gateway: Arc<Gateway>) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -25,10 +28,12 @@ pub async fn serve(listener: TcpListener, draining: Arc<AtomicBool>) {
         };
         let draining = draining.clone();
         let builder = builder.clone();
+        let gateway = gateway.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let draining = draining.load(Ordering::SeqCst);
-                async move { Ok::<_, Infallible>(route(&req, draining)) }
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(route(&req, draining, &gateway)) }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -37,12 +42,20 @@ pub async fn serve(listener: TcpListener, draining: Arc<AtomicBool>) {
     }
 }
 
-fn route(req: &Request<Incoming>, draining: bool) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, draining: bool, gateway: &Gateway) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(gateway.render_metrics())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         "/readyz" if draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/readyz" => text(StatusCode::OK, "ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -54,6 +54,15 @@ impl AuthFailure {
     }
 }
 
+/// How the upstream exchange failed (all 502 UpstreamUnavailable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamFailure {
+    /// The connection could not be made (refused, unreachable, TLS, connect timeout).
+    Connect,
+    /// The connection broke, or the answer was not valid HTTP or was too large.
+    Invalid,
+}
+
 /// An error the gateway answers itself. Upstream answers, errors included, are not
 /// `GatewayError`s: they are passed through unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +89,7 @@ pub enum GatewayError {
     RateLimitExceeded {
         retry_after_secs: u64,
     },
-    UpstreamUnavailable(&'static str),
+    UpstreamUnavailable(UpstreamFailure),
     ServerOverloaded,
     UpstreamTimeout,
 }
@@ -157,9 +166,16 @@ impl GatewayError {
                 "RateLimitExceeded",
                 "rate limit exceeded",
             ),
-            E::UpstreamUnavailable(detail) => {
-                (StatusCode::BAD_GATEWAY, "UpstreamUnavailable", detail)
-            }
+            E::UpstreamUnavailable(UpstreamFailure::Connect) => (
+                StatusCode::BAD_GATEWAY,
+                "UpstreamUnavailable",
+                "cannot connect to the upstream",
+            ),
+            E::UpstreamUnavailable(UpstreamFailure::Invalid) => (
+                StatusCode::BAD_GATEWAY,
+                "UpstreamUnavailable",
+                "upstream connection failed or its answer was invalid",
+            ),
             E::ServerOverloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServerOverloaded",
@@ -200,7 +216,8 @@ impl GatewayError {
             E::UriTooLong => "uri_too_long",
             E::HeaderFieldsTooLarge => "headers_too_large",
             E::RateLimitExceeded { .. } => "rate_limited",
-            E::UpstreamUnavailable(_) => "upstream_unavailable",
+            E::UpstreamUnavailable(UpstreamFailure::Connect) => "upstream_connect",
+            E::UpstreamUnavailable(UpstreamFailure::Invalid) => "upstream_invalid",
             E::ServerOverloaded => "overloaded",
             E::UpstreamTimeout => "upstream_timeout",
         }
@@ -278,7 +295,12 @@ mod tests {
                 "RateLimitExceeded",
             ),
             (
-                GatewayError::UpstreamUnavailable("x"),
+                GatewayError::UpstreamUnavailable(UpstreamFailure::Connect),
+                502,
+                "UpstreamUnavailable",
+            ),
+            (
+                GatewayError::UpstreamUnavailable(UpstreamFailure::Invalid),
                 502,
                 "UpstreamUnavailable",
             ),

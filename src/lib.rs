@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod log;
+pub mod metrics;
 pub mod mock_upstream;
 pub mod proxy;
 pub mod request_id;

@@ -207,14 +207,18 @@ async fn reload_on_sighup(gateway: Arc<Gateway>, path: PathBuf) {
         match Config::load(&path).and_then(Settings::from_config) {
             Ok(settings) => {
                 gateway.replace_settings(settings);
+                gateway.metrics().reload(true);
                 log::info(&format!(
                     "SIGHUP: reloaded {} (keys, claims, libraries, traffic_limit, routes and credential apply now; listeners, TLS, server limits and upstream need a restart)",
                     path.display()
                 ));
             }
-            Err(e) => log::error(&format!(
-                "SIGHUP: reload failed, keeping the running config: {e}"
-            )),
+            Err(e) => {
+                gateway.metrics().reload(false);
+                log::error(&format!(
+                    "SIGHUP: reload failed, keeping the running config: {e}"
+                ));
+            }
         }
     }
 }

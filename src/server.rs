@@ -143,7 +143,11 @@ impl Server {
             server,
             draining,
         } = self;
-        let admin_task = tokio::spawn(crate::admin::serve(admin, draining.clone()));
+        let admin_task = tokio::spawn(crate::admin::serve(
+            admin,
+            draining.clone(),
+            gateway.clone(),
+        ));
         let (drain_tx, drain_rx) = watch::channel(false);
         let max_connections = server
             .max_connections
@@ -183,6 +187,8 @@ impl Server {
                 };
                 let tls = tls.clone();
                 let handshake_timeout = server.header_read_timeout;
+                let open = gateway.metrics().connections().clone();
+                open.inc();
                 tokio::spawn(async move {
                     match tls {
                         None => conn.serve(stream, false).await,
@@ -196,6 +202,7 @@ impl Server {
                             }
                         }
                     }
+                    open.dec();
                     drop(permit);
                 });
             }

@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::config::{Config, ConfigError, Unmatched};
 use crate::error::GatewayError;
+use crate::metrics::{Metrics, library_label};
 use crate::request_id::RequestIds;
 use auth::Verifier;
 use rewrite::{Clamp, CredentialSource};
@@ -81,7 +82,10 @@ pub struct Outcome {
     pub route: RouteName,
     pub upstream_status: Option<u16>,
     pub clamp: Clamp,
+    /// The library of a renew that passed policy.
     pub library: Option<String>,
+    /// The traffic_limit sent upstream.
+    pub traffic_limit: Option<u64>,
 }
 
 /// The shared state of the running gateway.
@@ -91,10 +95,17 @@ pub struct Gateway {
     in_flight: Semaphore,
     request_ids: RequestIds,
     access_log: AccessLog,
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
     pub fn new(settings: Settings, upstream: Upstream, access_log: AccessLog) -> Gateway {
+        let libraries: Vec<String> = settings
+            .config
+            .libraries
+            .iter()
+            .map(|l| l.id.clone())
+            .collect();
         let max_in_flight = settings
             .config
             .server
@@ -106,7 +117,19 @@ impl Gateway {
             in_flight: Semaphore::new(max_in_flight),
             request_ids: RequestIds::new(),
             access_log,
+            metrics: Arc::new(Metrics::new(&libraries)),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The `/metrics` text, with counters kept outside the registry brought up to date.
+    pub fn render_metrics(&self) -> Vec<u8> {
+        self.metrics
+            .set_access_log_dropped(self.access_log.dropped());
+        self.metrics.render()
     }
 
     /// The settings in force now.
@@ -140,18 +163,33 @@ impl Gateway {
             upstream_status: None,
             clamp: Clamp::Unchanged,
             library: None,
+            traffic_limit: None,
         };
+        self.metrics.in_flight().inc();
         let result = self
             .dispatch(&settings, req, client, &request_id, &mut outcome)
             .await;
+        self.metrics.in_flight().dec();
         let (mut resp, reason) = match result {
             Ok(resp) => (resp, None),
-            Err(e) => (
-                e.to_response(&request_id)
-                    .map(|b| Either::Left(Full::new(b))),
-                Some(e.reason()),
-            ),
+            Err(e) => {
+                self.metrics.error(&e);
+                let resp = e
+                    .to_response(&request_id)
+                    .map(|b| Either::Left(Full::new(b)));
+                (resp, Some(e.reason()))
+            }
         };
+        let status = resp.status().as_u16();
+        self.metrics
+            .request(outcome.route, status, started.elapsed());
+        if outcome.route == RouteName::Renew && (200..300).contains(&status) {
+            let library = outcome.library.as_deref().unwrap_or_default();
+            self.metrics.renewal(
+                library_label(&settings.config.libraries, library),
+                outcome.traffic_limit,
+            );
+        }
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
         }
@@ -159,7 +197,7 @@ impl Gateway {
             request_id,
             method,
             route: outcome.route,
-            status: resp.status().as_u16(),
+            status,
             duration: started.elapsed(),
             upstream_status: outcome.upstream_status,
             cache: None,
@@ -230,6 +268,8 @@ impl Gateway {
         let bounds = config.traffic_limit_for(&renew.scope.library);
         let (traffic_limit, clamp) = rewrite::clamp_traffic_limit(renew.traffic_limit, bounds);
         outcome.clamp = clamp;
+        outcome.traffic_limit = traffic_limit;
+        self.metrics.clamp(clamp);
         let (credential, user_id) =
             settings
                 .credential
@@ -243,7 +283,8 @@ impl Gateway {
         let mut headers =
             headers::upstream_request_headers(parts.headers, client.addr, client.proto, request_id);
         headers.remove(header::CONTENT_LENGTH);
-        let (resp, deadline) = self
+        let upstream_started = Instant::now();
+        let sent = self
             .upstream
             .send(UpstreamRequest {
                 method: Method::POST,
@@ -251,10 +292,17 @@ impl Gateway {
                 headers,
                 body: Bytes::new(),
             })
-            .await?;
+            .await;
+        let (resp, deadline) = sent.inspect_err(|_| {
+            self.metrics
+                .upstream(RouteName::Renew, upstream_started.elapsed());
+        })?;
         outcome.upstream_status = Some(resp.status().as_u16());
         let (mut parts, body) = resp.into_parts();
-        let bytes = upstream::read_body(body, deadline).await?;
+        let bytes = upstream::read_body(body, deadline).await;
+        self.metrics
+            .upstream(RouteName::Renew, upstream_started.elapsed());
+        let bytes = bytes?;
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Either::Left(Full::new(bytes))))
     }
@@ -285,7 +333,8 @@ impl Gateway {
             headers::upstream_request_headers(parts.headers, client.addr, client.proto, request_id);
         headers.remove(header::CONTENT_LENGTH);
         headers.remove(header::EXPECT);
-        let (resp, _) = self
+        let upstream_started = Instant::now();
+        let sent = self
             .upstream
             .send(UpstreamRequest {
                 method: parts.method,
@@ -293,7 +342,11 @@ impl Gateway {
                 headers,
                 body,
             })
-            .await?;
+            .await;
+        // Until the response head: the body streams through afterwards.
+        self.metrics
+            .upstream(RouteName::Unmatched, upstream_started.elapsed());
+        let (resp, _) = sent?;
         outcome.upstream_status = Some(resp.status().as_u16());
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);

@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, UpstreamConfig};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, UpstreamFailure};
 
 /// Largest upstream body the gateway buffers (renew answers are a few hundred bytes).
 pub const MAX_BUFFERED_RESPONSE: usize = 1 << 20;
@@ -123,16 +123,12 @@ impl Upstream {
                 Ok(Ok(resp)) => return Ok((resp, deadline)),
                 Ok(Err(e)) if e.is_connect() => {
                     if attempt >= self.retries {
-                        return Err(GatewayError::UpstreamUnavailable(
-                            "cannot connect to the upstream",
-                        ));
+                        return Err(GatewayError::UpstreamUnavailable(UpstreamFailure::Connect));
                     }
                     attempt += 1;
                 }
                 Ok(Err(_)) => {
-                    return Err(GatewayError::UpstreamUnavailable(
-                        "upstream connection failed",
-                    ));
+                    return Err(GatewayError::UpstreamUnavailable(UpstreamFailure::Invalid));
                 }
             }
         }
@@ -148,9 +144,7 @@ pub async fn read_body(body: Incoming, deadline: Instant) -> Result<Bytes, Gatew
     .await
     {
         Err(_) => Err(GatewayError::UpstreamTimeout),
-        Ok(Err(_)) => Err(GatewayError::UpstreamUnavailable(
-            "invalid upstream response",
-        )),
+        Ok(Err(_)) => Err(GatewayError::UpstreamUnavailable(UpstreamFailure::Invalid)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }

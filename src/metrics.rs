@@ -1,0 +1,508 @@
+//! Every Prometheus metric the gateway exports (SPEC §8), registered in one owned
+//! registry (no globals), with label values from bounded sets only: route names,
+//! numeric statuses, reasons from enums, configured library ids or `other`. No label
+//! ever holds a token, a user or a confirm key.
+//!
+//! Histogram buckets are chosen for what they measure: the whole request spans the
+//! gateway's own sub-millisecond work up to a slow upstream (100 µs – 10 s); the
+//! upstream alone runs 5 ms – 10 s; traffic_limit is bytes/s from 100 KiB/s to
+//! 100 MiB/s in doublings.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::{AuthFailure, GatewayError, UpstreamFailure};
+use crate::proxy::rewrite::Clamp;
+use crate::proxy::route::RouteName;
+
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const TRAFFIC_LIMIT_BUCKETS: &[f64] = &[
+    102_400.0,
+    204_800.0,
+    409_600.0,
+    819_200.0,
+    1_638_400.0,
+    3_276_800.0,
+    6_553_600.0,
+    13_107_200.0,
+    26_214_400.0,
+    52_428_800.0,
+    104_857_600.0,
+];
+
+/// The label value for libraries that are not configured.
+pub const OTHER_LIBRARY: &str = "other";
+
+/// Why policy refused a request: the label of `smh_gateway_policy_refusals_total`.
+pub const POLICY_REASONS: [&str; 7] = [
+    "library_not_found",
+    "library_mismatch",
+    "not_multi_space_library",
+    "empty_space_id",
+    "space_mismatch",
+    "no_permission",
+    "user_id_not_allowed",
+];
+
+/// Cache results, the label of `smh_gateway_cache_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Coalesced,
+    Error,
+}
+
+impl CacheResult {
+    pub const ALL: [CacheResult; 4] = [
+        CacheResult::Hit,
+        CacheResult::Miss,
+        CacheResult::Coalesced,
+        CacheResult::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Coalesced => "coalesced",
+            CacheResult::Error => "error",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    auth_failures: IntCounterVec,
+    policy_refusals: IntCounterVec,
+    clamped: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    cache_requests: IntCounterVec,
+    cache_entries: IntGauge,
+    renewals: IntCounterVec,
+    traffic_limit_granted: HistogramVec,
+    config_reloads: IntCounterVec,
+    in_flight: IntGauge,
+    connections: IntGauge,
+    access_log_dropped: IntCounter,
+    /// Route-labelled children resolved once: the hot path skips the label lookup.
+    request_duration_by_route: [Histogram; RouteName::ALL.len()],
+    upstream_duration_by_route: [Histogram; RouteName::ALL.len()],
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    /// All metrics, with the label sets that are known up front pre-created at zero,
+    /// so that dashboards and `rate()` see every series from the first scrape.
+    pub fn new(libraries: &[String]) -> Metrics {
+        let registry = Registry::new();
+        let requests = counter(
+            &registry,
+            "smh_gateway_requests_total",
+            "Requests answered, by route and HTTP status.",
+            &["route", "status"],
+        );
+        let request_duration = histogram(
+            &registry,
+            "smh_gateway_request_duration_seconds",
+            "Time from request head to response head, by route.",
+            &["route"],
+            REQUEST_BUCKETS,
+        );
+        let upstream_duration = histogram(
+            &registry,
+            "smh_gateway_upstream_duration_seconds",
+            "Time spent waiting for the upstream, by route.",
+            &["route"],
+            UPSTREAM_BUCKETS,
+        );
+        let auth_failures = counter(
+            &registry,
+            "smh_gateway_auth_failures_total",
+            "Requests refused for their token, by reason.",
+            &["reason"],
+        );
+        let policy_refusals = counter(
+            &registry,
+            "smh_gateway_policy_refusals_total",
+            "Requests with a valid token refused by policy, by reason.",
+            &["reason"],
+        );
+        let clamped = counter(
+            &registry,
+            "smh_gateway_traffic_limit_clamped_total",
+            "traffic_limit values raised to the minimum (up) or lowered to the maximum (down).",
+            &["direction"],
+        );
+        let upstream_errors = counter(
+            &registry,
+            "smh_gateway_upstream_errors_total",
+            "Upstream exchanges that failed at the transport level, by kind.",
+            &["kind"],
+        );
+        let cache_requests = counter(
+            &registry,
+            "smh_gateway_cache_requests_total",
+            "Renew cache lookups, by result.",
+            &["result"],
+        );
+        let cache_entries = gauge(
+            &registry,
+            "smh_gateway_cache_entries",
+            "Entries in the renew cache.",
+        );
+        let renewals = counter(
+            &registry,
+            "smh_gateway_renewals_total",
+            "Renew requests answered 2xx (cache hits included), by library.",
+            &["library"],
+        );
+        let traffic_limit_granted = histogram(
+            &registry,
+            "smh_gateway_traffic_limit_granted_bytes",
+            "The traffic_limit (bytes/s) sent upstream on renew, after clamping, by library.",
+            &["library"],
+            TRAFFIC_LIMIT_BUCKETS,
+        );
+        let config_reloads = counter(
+            &registry,
+            "smh_gateway_config_reloads_total",
+            "SIGHUP reloads, by result.",
+            &["result"],
+        );
+        let in_flight = gauge(
+            &registry,
+            "smh_gateway_in_flight_requests",
+            "Requests being handled now.",
+        );
+        let connections = gauge(
+            &registry,
+            "smh_gateway_open_connections",
+            "Client connections open now.",
+        );
+        let access_log_dropped = IntCounter::new(
+            "smh_gateway_access_log_dropped_total",
+            "Access-log lines dropped because stdout could not keep up.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(access_log_dropped.clone()))
+            .expect("metric registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "smh_gateway_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("metric registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        {
+            let _ = registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
+
+        for f in AuthFailure::ALL {
+            auth_failures.with_label_values(&[f.as_str()]);
+        }
+        for r in POLICY_REASONS {
+            policy_refusals.with_label_values(&[r]);
+        }
+        for d in ["up", "down"] {
+            clamped.with_label_values(&[d]);
+        }
+        for k in ["connect", "timeout", "invalid"] {
+            upstream_errors.with_label_values(&[k]);
+        }
+        for r in CacheResult::ALL {
+            cache_requests.with_label_values(&[r.as_str()]);
+        }
+        for r in ["success", "failure"] {
+            config_reloads.with_label_values(&[r]);
+        }
+        for lib in libraries.iter().map(String::as_str).chain([OTHER_LIBRARY]) {
+            renewals.with_label_values(&[lib]);
+        }
+        let by_route =
+            |h: &HistogramVec| RouteName::ALL.map(|r| h.with_label_values(&[r.as_str()]));
+        Metrics {
+            request_duration_by_route: by_route(&request_duration),
+            upstream_duration_by_route: by_route(&upstream_duration),
+            registry,
+            requests,
+            auth_failures,
+            policy_refusals,
+            clamped,
+            upstream_errors,
+            cache_requests,
+            cache_entries,
+            renewals,
+            traffic_limit_granted,
+            config_reloads,
+            in_flight,
+            connections,
+            access_log_dropped,
+        }
+    }
+
+    /// One request, answered.
+    pub fn request(&self, route: RouteName, status: u16, elapsed: Duration) {
+        let buf = itoa_status(status);
+        let status = std::str::from_utf8(&buf).unwrap_or("0");
+        self.requests
+            .with_label_values(&[route.as_str(), status])
+            .inc();
+        self.request_duration_by_route[route as usize].observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream(&self, route: RouteName, elapsed: Duration) {
+        self.upstream_duration_by_route[route as usize].observe(elapsed.as_secs_f64());
+    }
+
+    /// A refusal or failure the gateway answered itself: counted by its reason.
+    pub fn error(&self, error: &GatewayError) {
+        use GatewayError as E;
+        match error {
+            E::InvalidAccessToken(f) => self.auth_failures.with_label_values(&[f.as_str()]).inc(),
+            E::EmptyAccessToken => self.auth_failures.with_label_values(&["missing"]).inc(),
+            E::LibraryNotFound
+            | E::AccessTokenNotMatchLibrary
+            | E::NotMultiSpaceLibrary
+            | E::EmptySpaceId
+            | E::AccessTokenNotMatchSpace
+            | E::NoPermission
+            | E::UserIdNotAllowed => self
+                .policy_refusals
+                .with_label_values(&[error.reason()])
+                .inc(),
+            E::UpstreamUnavailable(UpstreamFailure::Connect) => {
+                self.upstream_errors.with_label_values(&["connect"]).inc()
+            }
+            E::UpstreamUnavailable(UpstreamFailure::Invalid) => {
+                self.upstream_errors.with_label_values(&["invalid"]).inc()
+            }
+            E::UpstreamTimeout => self.upstream_errors.with_label_values(&["timeout"]).inc(),
+            E::RouteNotFound
+            | E::ParamInvalid(_)
+            | E::RequestEntityTooLarge
+            | E::UriTooLong
+            | E::HeaderFieldsTooLarge
+            | E::RateLimitExceeded { .. }
+            | E::ServerOverloaded => {}
+        }
+    }
+
+    pub fn clamp(&self, clamp: Clamp) {
+        match clamp {
+            Clamp::Up => self.clamped.with_label_values(&["up"]).inc(),
+            Clamp::Down => self.clamped.with_label_values(&["down"]).inc(),
+            Clamp::Unchanged => {}
+        }
+    }
+
+    /// A renew answered 2xx, and the traffic_limit it was granted (if any).
+    pub fn renewal(&self, library: &str, traffic_limit: Option<u64>) {
+        self.renewals.with_label_values(&[library]).inc();
+        if let Some(tl) = traffic_limit {
+            self.traffic_limit_granted
+                .with_label_values(&[library])
+                .observe(tl as f64);
+        }
+    }
+
+    pub fn cache(&self, result: CacheResult) {
+        self.cache_requests
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    pub fn set_cache_entries(&self, n: usize) {
+        self.cache_entries.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+    }
+
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
+    }
+
+    pub fn connections(&self) -> &IntGauge {
+        &self.connections
+    }
+
+    pub fn set_access_log_dropped(&self, total: u64) {
+        let now = self.access_log_dropped.get();
+        if total > now {
+            self.access_log_dropped.inc_by(total - now);
+        }
+    }
+
+    /// The text exposition format 0.0.4.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// The label value a library id gets: itself when configured, else `other`.
+pub fn library_label<'a>(configured: &[crate::config::LibraryConfig], library: &'a str) -> &'a str {
+    if configured.iter().any(|l| l.id == library) {
+        library
+    } else {
+        OTHER_LIBRARY
+    }
+}
+
+/// A status code as three ASCII digits, without allocating.
+fn itoa_status(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.render()).unwrap()
+    }
+
+    #[test]
+    fn spec_metrics_are_all_exported() {
+        let m = Metrics::new(&["lib1".to_string()]);
+        m.request(RouteName::Renew, 200, Duration::from_millis(3));
+        m.upstream(RouteName::Renew, Duration::from_millis(2));
+        m.set_cache_entries(5);
+        let t = text(&m);
+        for name in [
+            "smh_gateway_requests_total{route=\"renew\",status=\"200\"} 1",
+            "smh_gateway_request_duration_seconds_bucket{route=\"renew\",le=\"0.005\"} 1",
+            "smh_gateway_upstream_duration_seconds_count{route=\"renew\"} 1",
+            "smh_gateway_auth_failures_total{reason=\"expired\"} 0",
+            "smh_gateway_traffic_limit_clamped_total{direction=\"up\"} 0",
+            "smh_gateway_cache_requests_total{result=\"coalesced\"} 0",
+            "smh_gateway_cache_entries 5",
+            "smh_gateway_renewals_total{library=\"lib1\"} 0",
+            "smh_gateway_renewals_total{library=\"other\"} 0",
+            "smh_gateway_config_reloads_total{result=\"failure\"} 0",
+            "smh_gateway_build_info{version=\"",
+        ] {
+            assert!(t.contains(name), "missing {name}\n{t}");
+        }
+    }
+
+    #[test]
+    fn errors_are_counted_by_reason() {
+        let m = Metrics::new(&[]);
+        m.error(&GatewayError::InvalidAccessToken(AuthFailure::BadSignature));
+        m.error(&GatewayError::EmptyAccessToken);
+        m.error(&GatewayError::AccessTokenNotMatchSpace);
+        m.error(&GatewayError::UpstreamTimeout);
+        let t = text(&m);
+        assert!(
+            t.contains("smh_gateway_auth_failures_total{reason=\"bad_signature\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("smh_gateway_auth_failures_total{reason=\"missing\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("smh_gateway_policy_refusals_total{reason=\"space_mismatch\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("smh_gateway_upstream_errors_total{kind=\"timeout\"} 1"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn unconfigured_libraries_are_other() {
+        let libs = [crate::config::LibraryConfig {
+            id: "lib1".into(),
+            multi_tenant: false,
+            traffic_limit: crate::config::TrafficLimitBounds {
+                min: 1,
+                max: 2,
+                default: None,
+            },
+        }];
+        assert_eq!(library_label(&libs, "lib1"), "lib1");
+        assert_eq!(library_label(&libs, "attacker-chosen"), OTHER_LIBRARY);
+        assert_eq!(library_label(&[], "lib1"), OTHER_LIBRARY);
+    }
+
+    #[test]
+    fn status_digits() {
+        assert_eq!(&itoa_status(200), b"200");
+        assert_eq!(&itoa_status(504), b"504");
+        assert_eq!(&itoa_status(99), b"099");
+    }
+}
