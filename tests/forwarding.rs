@@ -419,3 +419,45 @@ async fn connections_over_the_limit_get_503() {
     assert!(out.starts_with("HTTP/1.1 503"), "{out}");
     assert!(out.contains("ServerOverloaded"), "{out}");
 }
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_by_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start_with(Setup {
+        server: "header_read_timeout = \"300ms\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /api/v1/file/lib1/-/ck1?renew HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open after 5 s");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(gw.mock.count(), 0);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start_with(Setup {
+        server: "idle_timeout = \"300ms\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "POST /api/v1/file/lib1/-/ck1?renew&access_token={} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        token()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    // The response arrives, then the idle connection is closed by the gateway.
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "idle connection still open after 5 s");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
