@@ -10,6 +10,17 @@ use common::*;
 use http::Method;
 use smh_gateway::mock_upstream::{Behaviour, MockUpstream};
 
+/// POST to a gateway by address (for the binary, which the harness does not wrap).
+async fn post(addr: std::net::SocketAddr, target: &str) -> Resp {
+    send(
+        Method::POST,
+        &format!("http://{addr}{target}"),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await
+}
+
 const ENV_SECRET: &str = "an-env-secret-that-is-32-bytes-or-more";
 
 fn write_config(dir: &std::path::Path, upstream: &str, setup: &Setup) -> std::path::PathBuf {
@@ -148,14 +159,9 @@ async fn token_command_mints_a_token_the_gateway_accepts() {
     assert_eq!(ttl, 600);
 
     let gw = BinGateway::spawn(&path, &[]);
-    let r = send(
-        Method::POST,
-        &format!(
-            "http://{}/api/v1/file/lib1/s2/ck?renew&access_token={tok}",
-            gw.addr
-        ),
-        &[],
-        bytes::Bytes::new(),
+    let r = post(
+        gw.addr,
+        &format!("/api/v1/file/lib1/s2/ck?renew&access_token={tok}"),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -297,14 +303,9 @@ async fn static_credential_replaces_the_token_and_sends_the_callers_user() {
     let gw = BinGateway::spawn(&path, &[("SMH_TEST_STATIC_TOKEN", "smh-admin-token")]);
 
     let alice = token_with(serde_json::json!({ "sub": "alice" }));
-    let r = send(
-        Method::POST,
-        &format!(
-            "http://{}/api/v1/file/lib1/-/ck?renew&access_token={alice}",
-            gw.addr
-        ),
-        &[],
-        bytes::Bytes::new(),
+    let r = post(
+        gw.addr,
+        &format!("/api/v1/file/lib1/-/ck?renew&access_token={alice}"),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -314,14 +315,9 @@ async fn static_credential_replaces_the_token_and_sends_the_callers_user() {
     );
 
     let anonymous = token();
-    let r = send(
-        Method::POST,
-        &format!(
-            "http://{}/api/v1/file/lib1/-/ck?renew&access_token={anonymous}",
-            gw.addr
-        ),
-        &[],
-        bytes::Bytes::new(),
+    let r = post(
+        gw.addr,
+        &format!("/api/v1/file/lib1/-/ck?renew&access_token={anonymous}"),
     )
     .await;
     assert_eq!(r.status, 200);
