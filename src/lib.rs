@@ -5,7 +5,8 @@
 //!
 //! Module map, in the order a request meets them:
 //! - [`server`]: listeners, TLS, connection limits, graceful drain
-//! - [`proxy`]: the pipeline (`route` → `auth` → `policy` → `rewrite` → `upstream`)
+//! - [`proxy`]: the pipeline (`route` → `auth` → `policy` → `rewrite` → `cache` → `upstream`)
+//! - [`cache`]: renew answers cached and coalesced (memory or Redis)
 //! - [`error`]: the one mapping from an error to status and SMH code
 //! - [`access_log`]: one JSON line per request
 //! - [`admin`]: `/healthz`, `/readyz`
@@ -15,6 +16,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;

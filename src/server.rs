@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::AccessLog;
+use crate::cache::RenewCache;
 use crate::config::{Config, ConfigError, ServerConfig, TlsFiles};
 use crate::error::GatewayError;
 use crate::proxy::upstream::Upstream;
@@ -72,9 +73,10 @@ impl From<ConfigError> for StartError {
 }
 
 /// Everything `serve` checks before binding a port: secrets, upstream TLS roots,
-/// server certificate. `check` runs the same.
+/// server certificate, the Redis URL. `check` runs the same.
 pub fn prepare(config: Config) -> Result<(Settings, Upstream, Option<TlsAcceptor>), ConfigError> {
     let upstream = Upstream::new(&config.upstream, &config.source)?;
+    crate::cache::check_config(&config)?;
     let tls = config
         .server
         .tls
@@ -91,6 +93,9 @@ impl Server {
         let server = config.server.clone();
         let admin_addr = config.admin.listen;
         let (settings, upstream, tls) = prepare(config)?;
+        // Before the ports: a Redis that is down delays this by at most a second
+        // and never stops the start (the cache then serves from the upstream).
+        let cache = RenewCache::start(&settings.config).await?;
         let listener =
             TcpListener::bind(server.listen)
                 .await
@@ -107,7 +112,7 @@ impl Server {
                 error,
             })?;
         Ok(Server {
-            gateway: Arc::new(Gateway::new(settings, upstream, access_log)),
+            gateway: Arc::new(Gateway::new(settings, upstream, access_log, cache)),
             listener,
             admin,
             tls,

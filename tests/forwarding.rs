@@ -177,11 +177,15 @@ async fn headers_sent_upstream() {
 async fn insane_request_ids_are_replaced() {
     let gw = start().await;
     let long = "a".repeat(129);
-    for bad in ["has space", "quote\"", long.as_str()] {
+    // A confirm key each, so that the renew cache answers none of them.
+    for (i, bad) in ["has space", "quote\"", long.as_str()]
+        .into_iter()
+        .enumerate()
+    {
         let r = gw
             .request(
                 Method::POST,
-                &format!("/api/v1/file/lib1/-/ck1?renew&access_token={}", token()),
+                &format!("/api/v1/file/lib1/-/ck{i}?renew&access_token={}", token()),
                 &[("x-request-id", bad)],
                 b"",
             )

@@ -3,9 +3,9 @@
 //! answers (SPEC §3's check order falls out of the order of the `?`s below):
 //!
 //! ```text
-//! client ─> limits ─> route ─> auth ─> policy ─> rewrite ─> upstream ─> response
-//!           414/431/  404/400  400/403 404/403/   (clamp,    502/504
-//!           413/503                    400        credential,
+//! client ─> limits ─> route ─> auth ─> policy ─> rewrite ─> cache ─hit──────────> response
+//!           414/431/  404/400  400/403 404/403/   (clamp,     └miss─> upstream ─/
+//!           413/503                    400        credential,         502/504
 //!                                                 canonical query)
 //!   any Err(GatewayError) ─> error.rs ─> SMH JSON error
 //!   every request ─> one access-log line (access_log.rs)
@@ -27,13 +27,14 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::cache::{Answer, CacheKey, RenewCache, Reply, Source};
 use crate::config::{Config, ConfigError, Unmatched};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, library_label};
@@ -42,6 +43,9 @@ use auth::Verifier;
 use rewrite::{Clamp, CredentialSource};
 use route::{Operation, RenewRequest, RouteName};
 use upstream::{Upstream, UpstreamRequest};
+
+/// `HIT`, `MISS` or `COALESCED` on renew answers while the cache is enabled.
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// What the gateway answers with: a buffered body (its own errors, renew answers)
 /// or the upstream's body streamed through (forwarded routes).
@@ -86,12 +90,16 @@ pub struct Outcome {
     pub library: Option<String>,
     /// The traffic_limit sent upstream.
     pub traffic_limit: Option<u64>,
+    /// Where a renew answer came from, when the cache was asked.
+    pub cache: Option<Source>,
 }
 
 /// The shared state of the running gateway.
 pub struct Gateway {
     settings: ArcSwap<Settings>,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
+    /// `None` while `cache.enabled = false`.
+    cache: Option<RenewCache>,
     in_flight: Semaphore,
     request_ids: RequestIds,
     access_log: AccessLog,
@@ -99,7 +107,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(settings: Settings, upstream: Upstream, access_log: AccessLog) -> Gateway {
+    pub fn new(
+        settings: Settings,
+        upstream: Upstream,
+        access_log: AccessLog,
+        cache: Option<RenewCache>,
+    ) -> Gateway {
         let libraries: Vec<String> = settings
             .config
             .libraries
@@ -113,7 +126,8 @@ impl Gateway {
             .min(Semaphore::MAX_PERMITS);
         Gateway {
             settings: ArcSwap::from_pointee(settings),
-            upstream,
+            upstream: Arc::new(upstream),
+            cache,
             in_flight: Semaphore::new(max_in_flight),
             request_ids: RequestIds::new(),
             access_log,
@@ -125,10 +139,18 @@ impl Gateway {
         &self.metrics
     }
 
+    /// The renew cache, when enabled (confirm and cancel invalidate through it).
+    pub fn cache(&self) -> Option<&RenewCache> {
+        self.cache.as_ref()
+    }
+
     /// The `/metrics` text, with counters kept outside the registry brought up to date.
     pub fn render_metrics(&self) -> Vec<u8> {
         self.metrics
             .set_access_log_dropped(self.access_log.dropped());
+        if let Some(cache) = &self.cache {
+            self.metrics.set_cache_entries(cache.entries());
+        }
         self.metrics.render()
     }
 
@@ -164,6 +186,7 @@ impl Gateway {
             clamp: Clamp::Unchanged,
             library: None,
             traffic_limit: None,
+            cache: None,
         };
         self.metrics.in_flight().inc();
         let result = self
@@ -200,7 +223,7 @@ impl Gateway {
             status,
             duration: started.elapsed(),
             upstream_status: outcome.upstream_status,
-            cache: None,
+            cache: outcome.cache.map(Source::log),
             client: client.addr,
             reason,
         });
@@ -274,37 +297,99 @@ impl Gateway {
             settings
                 .credential
                 .choose(token, &principal, renew.user_id.as_deref())?;
-        let path_and_query = format!(
-            "{}?{}",
-            rewrite::renew_path(self.upstream.base_path(), &renew),
-            rewrite::renew_query(credential, user_id, traffic_limit)
-        );
+        // Built only on a miss: a hit never pays for the upstream request.
+        let fetch = || {
+            let path_and_query = format!(
+                "{}?{}",
+                rewrite::renew_path(self.upstream.base_path(), &renew),
+                rewrite::renew_query(credential, user_id, traffic_limit)
+            );
+            let mut headers = headers::upstream_request_headers(
+                parts.headers,
+                client.addr,
+                client.proto,
+                request_id,
+            );
+            headers.remove(header::CONTENT_LENGTH);
+            self.fetch_renew(path_and_query, headers)
+        };
 
-        let mut headers =
-            headers::upstream_request_headers(parts.headers, client.addr, client.proto, request_id);
-        headers.remove(header::CONTENT_LENGTH);
-        let upstream_started = Instant::now();
-        let sent = self
-            .upstream
-            .send(UpstreamRequest {
-                method: Method::POST,
-                path_and_query,
-                headers,
-                body: Bytes::new(),
+        let Some(cache) = &self.cache else {
+            let answer = fetch().await?;
+            outcome.upstream_status = Some(answer.status.as_u16());
+            return Ok(answer_response(
+                answer.status,
+                answer.headers,
+                answer.body,
+                None,
+            ));
+        };
+        let key = CacheKey::new(
+            &renew.scope.library,
+            &renew.scope.space,
+            &renew.confirm_key,
+            user_id,
+            traffic_limit,
+            credential,
+        );
+        let lookup = cache.lookup(key, fetch).await;
+        outcome.cache = Some(lookup.source);
+        self.metrics.cache(lookup.metric);
+        let x_cache = Some(HeaderValue::from_static(lookup.source.header()));
+        Ok(match lookup.reply? {
+            Reply::Cached(entry) => {
+                let mut headers = HeaderMap::with_capacity(4);
+                if let Some(ct) = entry.content_type {
+                    headers.insert(header::CONTENT_TYPE, ct);
+                }
+                answer_response(http::StatusCode::OK, headers, entry.body, x_cache)
+            }
+            Reply::Fetched(answer) => {
+                outcome.upstream_status = Some(answer.status.as_u16());
+                answer_response(
+                    answer.status,
+                    answer.headers.clone(),
+                    answer.body.clone(),
+                    x_cache,
+                )
+            }
+        })
+    }
+
+    /// The upstream exchange of a renew, as a future that owns everything it needs:
+    /// the cache runs it in a task of its own, so that it finishes for the other
+    /// waiters even when the client that started it goes away.
+    fn fetch_renew(
+        &self,
+        path_and_query: String,
+        headers: HeaderMap,
+    ) -> impl Future<Output = Result<Answer, GatewayError>> + Send + 'static {
+        let upstream = self.upstream.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let started = Instant::now();
+            let sent = upstream
+                .send(UpstreamRequest {
+                    method: Method::POST,
+                    path_and_query,
+                    headers,
+                    body: Bytes::new(),
+                })
+                .await;
+            let (resp, deadline) = sent.inspect_err(|_| {
+                metrics.upstream(RouteName::Renew, started.elapsed());
+            })?;
+            let (mut parts, body) = resp.into_parts();
+            let body = upstream::read_body(body, deadline).await;
+            metrics.upstream(RouteName::Renew, started.elapsed());
+            let body = body?;
+            headers::strip_hop_by_hop(&mut parts.headers);
+            Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
             })
-            .await;
-        let (resp, deadline) = sent.inspect_err(|_| {
-            self.metrics
-                .upstream(RouteName::Renew, upstream_started.elapsed());
-        })?;
-        outcome.upstream_status = Some(resp.status().as_u16());
-        let (mut parts, body) = resp.into_parts();
-        let bytes = upstream::read_body(body, deadline).await;
-        self.metrics
-            .upstream(RouteName::Renew, upstream_started.elapsed());
-        let bytes = bytes?;
-        headers::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Either::Left(Full::new(bytes))))
+        }
     }
 
     /// `routes.unmatched = "forward"`: passed through unchecked, for operators who
@@ -352,6 +437,22 @@ impl Gateway {
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Either::Right(body)))
     }
+}
+
+/// A buffered answer, with `X-Cache` when the cache was asked.
+fn answer_response(
+    status: http::StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    x_cache: Option<HeaderValue>,
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(Either::Left(Full::new(body)));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    if let Some(v) = x_cache {
+        resp.headers_mut().insert(X_CACHE.clone(), v);
+    }
+    resp
 }
 
 /// 414, 431 and an announced 413, before anything else is looked at.

@@ -1,0 +1,451 @@
+//! The renew cache (SPEC §7): answers renews from a cache, and turns a burst of
+//! identical misses into one upstream call.
+//!
+//! ```text
+//! lookup ─hit──────────────────────────────────────────────> Entry       (X-Cache: HIT)
+//!    └─miss─> local flight for this key? ─yes─> wait for it ─> its answer (COALESCED)
+//!                   └─no─> spawn the flight ─> its answer                 (MISS)
+//!                            memory: upstream ─> store if cacheable
+//!                            redis:  lock ─won─> upstream ─> store, or publish the
+//!                                      │                      uncached result
+//!                                      └held─> poll for the holder's entry or result
+//! ```
+//!
+//! - [`key`]: who may share an entry (a wrong key is cache poisoning).
+//! - [`entry`]: what is stored and for how long.
+//! - [`memory`], [`redis`]: the two backends.
+//!
+//! The flight runs in its own task, so a waiter whose client goes away cancels
+//! nothing; every waiter gets the flight's answer, failures included, and the next
+//! request after a failure starts a new flight (failures are never stored). Redis
+//! trouble never fails a request: the flight then calls the upstream itself.
+
+pub mod entry;
+pub mod key;
+pub mod memory;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::{CacheBackend, Config, ConfigError};
+use crate::error::GatewayError;
+use crate::metrics::CacheResult;
+pub use entry::{Answer, Entry, Lifetime, now_ms};
+use key::BuildDigestHasher;
+pub use key::{CacheKey, KeyHash, UploadId};
+use memory::MemoryStore;
+use redis::{Acquire, Poll, RedisStore, Unavailable};
+
+/// How long the gateway waits at start for a first Redis connection (when Redis is
+/// reachable this takes a millisecond; when not, the gateway starts anyway).
+const REDIS_WARM_UP: Duration = Duration::from_secs(1);
+/// Polling a remote flight: first interval, growth up to this.
+const POLL_FIRST: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(50);
+
+/// Where an answer came from: the `X-Cache` header and the access log's `cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// From the cache, no upstream call.
+    Hit,
+    /// This request's own upstream call.
+    Miss,
+    /// Another request's upstream call, on this replica or another.
+    Coalesced,
+}
+
+impl Source {
+    pub fn header(self) -> &'static str {
+        match self {
+            Source::Hit => "HIT",
+            Source::Miss => "MISS",
+            Source::Coalesced => "COALESCED",
+        }
+    }
+
+    pub fn log(self) -> &'static str {
+        match self {
+            Source::Hit => "hit",
+            Source::Miss => "miss",
+            Source::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// An answer as the cache hands it out.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A stored entry: a 200 with this body.
+    Cached(Entry),
+    /// An upstream answer, whatever its status (shared by the waiters of a flight).
+    Fetched(Arc<Answer>),
+}
+
+/// The outcome of one lookup.
+#[derive(Debug)]
+pub struct Lookup {
+    pub reply: Result<Reply, GatewayError>,
+    pub source: Source,
+    /// The `cache_requests_total` result: `error` whenever Redis failed along the
+    /// way (the answer then came from the upstream), else after `source`.
+    pub metric: CacheResult,
+}
+
+/// What a flight ended with, shared by everyone waiting on it.
+#[derive(Debug)]
+struct Done {
+    reply: Result<Reply, GatewayError>,
+    /// How the flight's leader got it: `Miss` when this replica called the upstream.
+    source: Source,
+    redis_failed: bool,
+}
+
+type Slot = watch::Receiver<Option<Arc<Done>>>;
+type Flights = Arc<Mutex<HashMap<KeyHash, Slot, BuildDigestHasher>>>;
+
+#[derive(Clone)]
+enum Backend {
+    Memory(Arc<MemoryStore>),
+    Redis(Arc<RedisStore>),
+}
+
+/// The cache of one gateway process. Built once at start (a SIGHUP does not
+/// change it).
+pub struct RenewCache {
+    backend: Backend,
+    flights: Flights,
+    lifetime: Lifetime,
+    /// The longest a flight can run: upstream attempts times `upstream.timeout`,
+    /// plus a margin. Bounds the Redis lock and remote waiting.
+    flight_bound: Duration,
+}
+
+/// The longest one upstream exchange of a renew can take, retries included.
+pub fn flight_bound(config: &Config) -> Duration {
+    let attempts = config.upstream.retries.saturating_add(1);
+    config.upstream.timeout.saturating_mul(attempts) + Duration::from_secs(1)
+}
+
+/// What `check` and `serve` verify before binding: a Redis URL the client can use.
+pub fn check_config(config: &Config) -> Result<(), ConfigError> {
+    let cache = &config.cache;
+    if cache.enabled && cache.backend == CacheBackend::Redis {
+        ::redis::Client::open(cache.redis_url.as_str()).map_err(|e| {
+            ConfigError::new(
+                &config.source,
+                Some("cache.redis_url".into()),
+                format!("not a usable Redis URL ({:?})", e.kind()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+impl RenewCache {
+    /// The cache `[cache]` asks for, or `None` when it is disabled. Redis being
+    /// down does not fail this: the gateway starts and serves from the upstream.
+    pub async fn start(config: &Config) -> Result<Option<RenewCache>, ConfigError> {
+        let cache = &config.cache;
+        if !cache.enabled {
+            return Ok(None);
+        }
+        check_config(config)?;
+        let bound = flight_bound(config);
+        let backend = match cache.backend {
+            CacheBackend::Memory => {
+                let store = Arc::new(MemoryStore::new(cache.max_entries, bound));
+                memory::spawn_sweeper(Arc::downgrade(&store));
+                Backend::Memory(store)
+            }
+            CacheBackend::Redis => {
+                let store = RedisStore::connect(&cache.redis_url, bound, REDIS_WARM_UP)
+                    .await
+                    .map_err(|msg| {
+                        ConfigError::new(&config.source, Some("cache.redis_url".into()), msg)
+                    })?;
+                Backend::Redis(store)
+            }
+        };
+        Ok(Some(RenewCache {
+            backend,
+            flights: Flights::default(),
+            lifetime: Lifetime {
+                min_remaining: cache.min_remaining,
+                max_ttl: cache.max_ttl,
+            },
+            flight_bound: bound,
+        }))
+    }
+
+    /// Entries held: exact for memory; for Redis, across all replicas as last
+    /// counted.
+    pub fn entries(&self) -> usize {
+        match &self.backend {
+            Backend::Memory(m) => m.len(),
+            Backend::Redis(r) => r.len(),
+        }
+    }
+
+    /// Answers a renew from the cache, or from one shared upstream call. `fetch`
+    /// is called only by the request that starts a flight, and the future it makes
+    /// runs in a task of its own.
+    pub async fn lookup<F, Fut>(&self, key: CacheKey, fetch: F) -> Lookup
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Answer, GatewayError>> + Send + 'static,
+    {
+        let mut redis_failed = false;
+        match &self.backend {
+            Backend::Memory(m) => {
+                if let Some(entry) = m.get(&key.hash, now_ms()) {
+                    return hit(entry);
+                }
+            }
+            Backend::Redis(r) => match r.get(&key).await {
+                Ok(Some(entry)) => return hit(entry),
+                Ok(None) => {}
+                Err(Unavailable) => redis_failed = true,
+            },
+        }
+
+        let (mut slot, leader) = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            match flights.get(&key.hash) {
+                Some(slot) => (slot.clone(), false),
+                None => {
+                    // A flight may have stored and left since the lookup above.
+                    if let Backend::Memory(m) = &self.backend
+                        && let Some(entry) = m.get(&key.hash, now_ms())
+                    {
+                        return hit(entry);
+                    }
+                    let (tx, rx) = watch::channel(None);
+                    flights.insert(key.hash, rx.clone());
+                    self.spawn_flight(key, fetch(), tx);
+                    (rx, true)
+                }
+            }
+        };
+
+        let done = match slot.wait_for(Option::is_some).await {
+            Ok(done) => done.clone(),
+            Err(_) => None,
+        };
+        // A flight that vanished without an answer panicked: answer as for a
+        // broken upstream exchange rather than hang or guess.
+        let Some(done) = done else {
+            return Lookup {
+                reply: Err(GatewayError::UpstreamUnavailable(
+                    crate::error::UpstreamFailure::Invalid,
+                )),
+                source: Source::Coalesced,
+                metric: CacheResult::Error,
+            };
+        };
+        let source = if leader {
+            done.source
+        } else {
+            Source::Coalesced
+        };
+        Lookup {
+            reply: done.reply.clone(),
+            source,
+            metric: if redis_failed || done.redis_failed {
+                CacheResult::Error
+            } else {
+                match source {
+                    Source::Hit => CacheResult::Hit,
+                    Source::Miss => CacheResult::Miss,
+                    Source::Coalesced => CacheResult::Coalesced,
+                }
+            },
+        }
+    }
+
+    fn spawn_flight<Fut>(&self, key: CacheKey, fetch: Fut, tx: watch::Sender<Option<Arc<Done>>>)
+    where
+        Fut: Future<Output = Result<Answer, GatewayError>> + Send + 'static,
+    {
+        let backend = self.backend.clone();
+        let lifetime = self.lifetime;
+        let bound = self.flight_bound;
+        let leaving = Leaving {
+            flights: self.flights.clone(),
+            key: key.hash,
+        };
+        tokio::spawn(async move {
+            let done = match backend {
+                Backend::Memory(m) => fly_memory(&m, &key, fetch, lifetime).await,
+                Backend::Redis(r) => fly_redis(&r, &key, fetch, lifetime, bound).await,
+            };
+            // Leave the table only now that the entry (if any) is stored: a request
+            // arriving in between finds either the flight or the entry.
+            drop(leaving);
+            let _ = tx.send(Some(Arc::new(done)));
+        });
+    }
+
+    /// Drops every cached renew answer of one upload (all users, traffic_limits
+    /// and credentials), in memory or in Redis, and keeps answers still in flight
+    /// from being stored afterwards. For confirm and cancel. Returns how many
+    /// entries went; `Err` when Redis could not be reached (its entries then live
+    /// out their TTL).
+    pub async fn invalidate_upload(
+        &self,
+        library: &str,
+        space: &str,
+        confirm_key: &str,
+    ) -> Result<usize, Unavailable> {
+        let upload = UploadId::new(library, space, confirm_key);
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.invalidate_upload(&upload, now_ms())),
+            Backend::Redis(r) => r.invalidate_upload(&upload.hex()).await,
+        }
+    }
+}
+
+fn hit(entry: Entry) -> Lookup {
+    Lookup {
+        reply: Ok(Reply::Cached(entry)),
+        source: Source::Hit,
+        metric: CacheResult::Hit,
+    }
+}
+
+/// Removes a flight from the table when its task ends, panics included.
+struct Leaving {
+    flights: Flights,
+    key: KeyHash,
+}
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        self.flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+async fn fly_memory(
+    store: &MemoryStore,
+    key: &CacheKey,
+    fetch: impl Future<Output = Result<Answer, GatewayError>>,
+    lifetime: Lifetime,
+) -> Done {
+    let result = fetch.await;
+    if let Ok(answer) = &result {
+        let now = now_ms();
+        if let Some(entry) = lifetime.entry_for(answer, now) {
+            store.insert(key, entry, now);
+        }
+    }
+    Done {
+        reply: result.map(|a| Reply::Fetched(Arc::new(a))),
+        source: Source::Miss,
+        redis_failed: false,
+    }
+}
+
+/// What the Redis lock protocol decided for this replica's flight.
+enum Plan {
+    /// Answered without calling the upstream.
+    Done(Done),
+    /// The lock is ours.
+    Lead,
+    /// Redis failed, or the holder outlived every bound: call the upstream
+    /// without the lock.
+    Alone { redis_failed: bool },
+}
+
+async fn fly_redis(
+    store: &RedisStore,
+    key: &CacheKey,
+    fetch: impl Future<Output = Result<Answer, GatewayError>>,
+    lifetime: Lifetime,
+    bound: Duration,
+) -> Done {
+    let flight = flight_id();
+    let redis_failed = match negotiate(store, key, &flight, bound).await {
+        Plan::Done(done) => return done,
+        Plan::Lead => false,
+        Plan::Alone { redis_failed } => redis_failed,
+    };
+    let result = fetch.await;
+    let now = now_ms();
+    let published = match result
+        .as_ref()
+        .ok()
+        .and_then(|a| lifetime.entry_for(a, now))
+    {
+        Some(entry) => store.store(key, &flight, &entry).await.map(|_| ()),
+        None => store.finish(key, &flight, &result).await,
+    };
+    Done {
+        reply: result.map(|a| Reply::Fetched(Arc::new(a))),
+        source: Source::Miss,
+        redis_failed: redis_failed || published.is_err(),
+    }
+}
+
+async fn negotiate(store: &RedisStore, key: &CacheKey, flight: &str, bound: Duration) -> Plan {
+    let deadline = Instant::now() + bound;
+    loop {
+        let holder = match store.acquire(key, flight).await {
+            Err(Unavailable) => return Plan::Alone { redis_failed: true },
+            Ok(Acquire::Leader) => return Plan::Lead,
+            Ok(Acquire::Hit(entry)) => {
+                return Plan::Done(Done {
+                    reply: Ok(Reply::Cached(entry)),
+                    source: Source::Hit,
+                    redis_failed: false,
+                });
+            }
+            Ok(Acquire::Held(holder)) => holder,
+        };
+        let mut interval = POLL_FIRST;
+        loop {
+            if Instant::now() + interval > deadline {
+                return Plan::Alone {
+                    redis_failed: false,
+                };
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 3 / 2).min(POLL_MAX);
+            let reply = match store.poll(key, &holder).await {
+                Err(Unavailable) => return Plan::Alone { redis_failed: true },
+                Ok(Poll::Waiting) => continue,
+                Ok(Poll::Gone) => break,
+                Ok(Poll::Hit(entry)) => Ok(Reply::Cached(entry)),
+                Ok(Poll::Result(entry::Published::Answer(a))) => Ok(Reply::Fetched(Arc::new(a))),
+                Ok(Poll::Result(entry::Published::Error(e))) => Err(e),
+            };
+            return Plan::Done(Done {
+                reply,
+                source: Source::Coalesced,
+                redis_failed: false,
+            });
+        }
+    }
+}
+
+/// A random id for one flight: the lock's value, and the name of its result.
+fn flight_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: the process id, the time and a counter are still
+        // unique enough for a lock that lives seconds.
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&(now_ms() ^ u64::from(std::process::id())).to_le_bytes());
+        bytes[8..].copy_from_slice(&n.to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,584 @@
+//! The Redis backend: entries shared by every replica, and the lock that lets one
+//! replica's upstream call serve the others.
+//!
+//! Layout (digests in hex, so no token, user or confirm key is stored in plain):
+//!
+//! ```text
+//! smhgw:v1:u:<upload>             hash   <variant> -> <expires_at ms>\n<content type>\n<body>
+//!                                        (key TTL: the longest-lived variant)
+//! smhgw:v1:lock:<upload>:<variant> string <flight id>, PX = the longest a flight can run
+//! smhgw:v1:res:<flight id>         string an uncached flight result, for remote waiters (short PX)
+//! smhgw:v1:gone:<upload>          string an invalidated upload: refuse late stores (PX)
+//! smhgw:v1:index                  zset   <upload>:<variant> scored by expires_at (the gauge)
+//! ```
+//!
+//! One hash per upload makes invalidation one `DEL`. Variants expire inside it by
+//! their own `expires_at`, which readers check; the hash's TTL follows the
+//! longest-lived one (a Lua `PTTL`/`PEXPIRE` pair rather than `EXPIRE … GT`,
+//! which needs Redis 7). Multi-key steps are Lua scripts, so each is atomic and one
+//! round trip.
+//!
+//! Failure: every call is bounded by [`CALL_TIMEOUT`]. A failed or slow call opens a
+//! breaker for [`RETRY_EVERY`]; while it is open calls fail at once, without
+//! waiting, and the gateway serves from the upstream. Then one call probes, and the
+//! first success closes it. The connection manager reconnects by itself, so Redis
+//! coming back needs no restart.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisResult, Script, Value};
+
+use super::entry::{self, Answer, Entry, Published, now_ms};
+use super::key::CacheKey;
+use crate::error::GatewayError;
+
+/// The bound on one Redis call. Redis answers in well under a millisecond; a call
+/// that takes this long means trouble, and the upstream is the better bet.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(50);
+/// How long the breaker stays open after a failure before one call probes again.
+pub const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// How long an uncached flight result stays readable for remote waiters (they
+/// poll far more often than this).
+const RESULT_TTL: Duration = Duration::from_secs(5);
+/// How often the entries gauge is refreshed.
+const COUNT_EVERY: Duration = Duration::from_secs(5);
+/// Variants one upload may hold in Redis (distinct users, traffic_limits,
+/// credentials). Past it, new variants are not stored, so one caller cycling
+/// traffic_limit values cannot grow a hash without bound.
+const MAX_VARIANTS: u32 = 256;
+
+const PREFIX: &str = "smhgw:v1:";
+
+/// Redis did not answer, or not in time, or the breaker is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+/// What trying to take the lock found.
+#[derive(Debug)]
+pub enum Acquire {
+    /// A live entry: no need to call anyone.
+    Hit(Entry),
+    /// The lock is ours: call the upstream, then [`RedisStore::store`] or
+    /// [`RedisStore::finish`].
+    Leader,
+    /// Another flight holds it: poll for its outcome.
+    Held(Bytes),
+}
+
+/// What polling a held lock found.
+#[derive(Debug)]
+pub enum Poll {
+    Hit(Entry),
+    /// The flight ended without storing an entry: its answer.
+    Result(Published),
+    /// Still running.
+    Waiting,
+    /// The lock went without a result (its holder died or it expired): try again.
+    Gone,
+}
+
+/// `KEYS: entries, lock; ARGV: variant, flight id, lock ms, now ms`.
+const ACQUIRE: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then
+  local exp = tonumber(string.match(v, '^(%d+)\n'))
+  if exp and exp > tonumber(ARGV[4]) then return {1, v} end
+end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {2} end
+return {3, redis.call('GET', KEYS[2]) or ''}
+";
+
+/// `KEYS: entries, lock, result; ARGV: variant, holder, now ms`.
+const POLL: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then
+  local exp = tonumber(string.match(v, '^(%d+)\n'))
+  if exp and exp > tonumber(ARGV[3]) then return {1, v} end
+end
+local r = redis.call('GET', KEYS[3])
+if r then return {4, r} end
+if redis.call('GET', KEYS[2]) == ARGV[2] then return {3} end
+return {0}
+";
+
+/// Stores an entry (unless the upload was invalidated or holds too many variants:
+/// then the answer goes out as a flight result), then releases the lock if it is
+/// still ours. Returns 1 when stored.
+/// `KEYS: entries, lock, gone, index, result;
+///  ARGV: variant, value, expires_at, flight id, now ms, result ms, member, max variants`.
+const STORE: &str = r"
+local stored = 0
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  local now = tonumber(ARGV[5])
+  if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[8]) then
+    local all = redis.call('HGETALL', KEYS[1])
+    for i = 1, #all, 2 do
+      local exp = tonumber(string.match(all[i + 1], '^(%d+)\n'))
+      if not exp or exp <= now then redis.call('HDEL', KEYS[1], all[i]) end
+    end
+  end
+  if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[8]) then
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+    local ttl = tonumber(ARGV[3]) - now
+    if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+    redis.call('ZADD', KEYS[4], ARGV[3], ARGV[7])
+    stored = 1
+  end
+end
+if stored == 0 then
+  redis.call('SET', KEYS[5], 'a\n200\n' .. ARGV[9] .. '\n' .. ARGV[10], 'PX', ARGV[6])
+end
+if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+return stored
+";
+
+/// Publishes an uncached result and releases the lock if it is still ours.
+/// `KEYS: lock, result; ARGV: flight id, result, result ms`.
+const FINISH: &str = r"
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+";
+
+/// Drops an upload's entries and marks it gone for a while.
+/// `KEYS: entries, gone, index; ARGV: upload, gone ms`.
+const INVALIDATE: &str = r"
+local fields = redis.call('HKEYS', KEYS[1])
+for _, f in ipairs(fields) do redis.call('ZREM', KEYS[3], ARGV[1] .. ':' .. f) end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+return #fields
+";
+
+/// `KEYS: index; ARGV: now ms`.
+const COUNT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZCARD', KEYS[1])
+";
+
+struct Scripts {
+    acquire: Script,
+    poll: Script,
+    store: Script,
+    finish: Script,
+    invalidate: Script,
+    count: Script,
+}
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    scripts: Scripts,
+    breaker: Breaker,
+    /// Live entries across all replicas, as last counted.
+    entries: AtomicUsize,
+    /// The lock's lifetime: the longest a flight can run.
+    lock_ms: u64,
+    /// How long an invalidated upload refuses stores.
+    gone_ms: u64,
+}
+
+impl RedisStore {
+    /// Connects lazily: a Redis that is down at start does not stop the gateway. It
+    /// waits up to `warm_up` for a first connection so that the first requests do
+    /// not pay for it; `Err` only for a URL the client cannot use.
+    pub async fn connect(
+        url: &str,
+        flight_bound: Duration,
+        warm_up: Duration,
+    ) -> Result<Arc<RedisStore>, String> {
+        // The URL may hold a password: errors describe, never echo it.
+        let client = redis::Client::open(url)
+            .map_err(|e| format!("cannot use this Redis URL ({:?})", e.kind()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| format!("cannot set up the Redis connection ({:?})", e.kind()))?;
+        let store = Arc::new(RedisStore {
+            conn,
+            scripts: Scripts {
+                acquire: Script::new(ACQUIRE),
+                poll: Script::new(POLL),
+                store: Script::new(STORE),
+                finish: Script::new(FINISH),
+                invalidate: Script::new(INVALIDATE),
+                count: Script::new(COUNT),
+            },
+            breaker: Breaker::new(),
+            entries: AtomicUsize::new(0),
+            lock_ms: ms(flight_bound),
+            gone_ms: ms(flight_bound),
+        });
+        let mut conn = store.conn.clone();
+        let ping_cmd = redis::cmd("PING");
+        let ping = ping_cmd.query_async::<Value>(&mut conn);
+        match tokio::time::timeout(warm_up, ping).await {
+            Ok(Ok(_)) => crate::log::info("cache: connected to Redis"),
+            Ok(Err(e)) => crate::log::warn(&format!(
+                "cache: Redis is not reachable ({:?}); serving from the upstream until it is",
+                e.kind()
+            )),
+            Err(_) => crate::log::warn(
+                "cache: Redis did not answer in time; serving from the upstream until it does",
+            ),
+        }
+        spawn_counter(Arc::downgrade(&store));
+        Ok(store)
+    }
+
+    /// Live entries across all replicas, as last counted (every few seconds).
+    pub fn len(&self) -> usize {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One bounded call, through the breaker.
+    async fn call<T>(
+        &self,
+        run: impl AsyncFnOnce(ConnectionManager) -> RedisResult<T>,
+    ) -> Result<T, Unavailable> {
+        if !self.breaker.allow() {
+            return Err(Unavailable);
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, run(self.conn.clone())).await {
+            Ok(Ok(v)) => {
+                self.breaker.success();
+                Ok(v)
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.breaker.failure();
+                Err(Unavailable)
+            }
+        }
+    }
+
+    /// The live entry for `key`, if any: one `HGET`.
+    pub async fn get(&self, key: &CacheKey) -> Result<Option<Entry>, Unavailable> {
+        let entries = entries_key(key);
+        let variant = key.hash.hex();
+        let value: Option<Vec<u8>> = self
+            .call(async |mut conn| {
+                redis::cmd("HGET")
+                    .arg(&entries)
+                    .arg(&variant)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let now = now_ms();
+        Ok(value
+            .and_then(|v| entry::decode_entry(Bytes::from(v)))
+            .filter(|e| e.expires_at > now))
+    }
+
+    /// Looks again, and takes the lock when there is still nothing.
+    pub async fn acquire(&self, key: &CacheKey, flight: &str) -> Result<Acquire, Unavailable> {
+        let (entries, lock) = (entries_key(key), lock_key(key));
+        let variant = key.hash.hex();
+        let reply: Value = self
+            .call(async |mut conn| {
+                self.scripts
+                    .acquire
+                    .key(&entries)
+                    .key(&lock)
+                    .arg(&variant)
+                    .arg(flight)
+                    .arg(self.lock_ms)
+                    .arg(now_ms())
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        match tagged(reply)? {
+            (1, Some(v)) => entry::decode_entry(v).map(Acquire::Hit).ok_or(Unavailable),
+            (2, _) => Ok(Acquire::Leader),
+            (3, holder) => Ok(Acquire::Held(holder.unwrap_or_default())),
+            _ => Err(Unavailable),
+        }
+    }
+
+    pub async fn poll(&self, key: &CacheKey, holder: &[u8]) -> Result<Poll, Unavailable> {
+        let (entries, lock) = (entries_key(key), lock_key(key));
+        let result = result_key(holder);
+        let variant = key.hash.hex();
+        let reply: Value = self
+            .call(async |mut conn| {
+                self.scripts
+                    .poll
+                    .key(&entries)
+                    .key(&lock)
+                    .key(&result)
+                    .arg(&variant)
+                    .arg(holder)
+                    .arg(now_ms())
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        match tagged(reply)? {
+            (1, Some(v)) => entry::decode_entry(v).map(Poll::Hit).ok_or(Unavailable),
+            (4, Some(r)) => entry::decode_result(r).map(Poll::Result).ok_or(Unavailable),
+            (3, _) => Ok(Poll::Waiting),
+            (0, _) => Ok(Poll::Gone),
+            _ => Err(Unavailable),
+        }
+    }
+
+    /// Stores a cacheable answer and releases the lock. Remote waiters read the
+    /// entry, or the answer as a flight result when it could not be stored.
+    pub async fn store(
+        &self,
+        key: &CacheKey,
+        flight: &str,
+        entry: &Entry,
+    ) -> Result<bool, Unavailable> {
+        let (entries, lock, gone) = (entries_key(key), lock_key(key), gone_key(key));
+        let result = result_key(flight.as_bytes());
+        let member = format!("{}:{}", key.upload.hex(), key.hash.hex());
+        let value = entry::encode_entry(entry);
+        let ct = entry
+            .content_type
+            .as_ref()
+            .map_or(&b""[..], |v| v.as_bytes());
+        let stored: i64 = self
+            .call(async |mut conn| {
+                self.scripts
+                    .store
+                    .key(&entries)
+                    .key(&lock)
+                    .key(&gone)
+                    .key(index_key())
+                    .key(&result)
+                    .arg(key.hash.hex())
+                    .arg(&value)
+                    .arg(entry.expires_at)
+                    .arg(flight)
+                    .arg(now_ms())
+                    .arg(ms(RESULT_TTL))
+                    .arg(&member)
+                    .arg(MAX_VARIANTS)
+                    .arg(ct)
+                    .arg(&entry.body[..])
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// Publishes an answer that is not cached (an error, a non-200, an expiration
+    /// too close) for remote waiters, and releases the lock.
+    pub async fn finish(
+        &self,
+        key: &CacheKey,
+        flight: &str,
+        result: &Result<Answer, GatewayError>,
+    ) -> Result<(), Unavailable> {
+        let lock = lock_key(key);
+        let result_key = result_key(flight.as_bytes());
+        let value = entry::encode_result(result);
+        let _: i64 = self
+            .call(async |mut conn| {
+                self.scripts
+                    .finish
+                    .key(&lock)
+                    .key(&result_key)
+                    .arg(flight)
+                    .arg(&value)
+                    .arg(ms(RESULT_TTL))
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Drops every variant of an upload; returns how many there were.
+    pub async fn invalidate_upload(&self, upload_hex: &str) -> Result<usize, Unavailable> {
+        let entries = format!("{PREFIX}u:{upload_hex}");
+        let gone = format!("{PREFIX}gone:{upload_hex}");
+        let n: i64 = self
+            .call(async |mut conn| {
+                self.scripts
+                    .invalidate
+                    .key(&entries)
+                    .key(&gone)
+                    .key(index_key())
+                    .arg(upload_hex)
+                    .arg(self.gone_ms)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    async fn count(&self) -> Result<usize, Unavailable> {
+        let n: i64 = self
+            .call(async |mut conn| {
+                self.scripts
+                    .count
+                    .key(index_key())
+                    .arg(now_ms())
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+}
+
+/// Refreshes the entries gauge every [`COUNT_EVERY`] until the store is dropped.
+fn spawn_counter(store: Weak<RedisStore>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(COUNT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            if let Ok(n) = store.count().await {
+                store.entries.store(n, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+fn entries_key(key: &CacheKey) -> String {
+    format!("{PREFIX}u:{}", key.upload.hex())
+}
+
+fn lock_key(key: &CacheKey) -> String {
+    format!("{PREFIX}lock:{}:{}", key.upload.hex(), key.hash.hex())
+}
+
+fn gone_key(key: &CacheKey) -> String {
+    format!("{PREFIX}gone:{}", key.upload.hex())
+}
+
+fn result_key(flight: &[u8]) -> Vec<u8> {
+    let mut k = format!("{PREFIX}res:").into_bytes();
+    k.extend_from_slice(flight);
+    k
+}
+
+fn index_key() -> &'static str {
+    "smhgw:v1:index"
+}
+
+/// A script's `{tag, value?}` reply.
+fn tagged(reply: Value) -> Result<(i64, Option<Bytes>), Unavailable> {
+    let Value::Array(items) = reply else {
+        return Err(Unavailable);
+    };
+    let mut items = items.into_iter();
+    let Some(Value::Int(tag)) = items.next() else {
+        return Err(Unavailable);
+    };
+    let value = match items.next() {
+        Some(Value::BulkString(b)) => Some(Bytes::from(b)),
+        _ => None,
+    };
+    Ok((tag, value))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Open after a failure for [`RETRY_EVERY`]; then one caller probes.
+struct Breaker {
+    epoch: Instant,
+    /// 0 when closed; else the time (ms since `epoch`, at least 1) until which calls
+    /// are refused.
+    open_until: AtomicU64,
+}
+
+impl Breaker {
+    fn new() -> Breaker {
+        Breaker {
+            epoch: Instant::now(),
+            open_until: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        ms(self.epoch.elapsed()).max(1)
+    }
+
+    fn allow(&self) -> bool {
+        let until = self.open_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        let now = self.now();
+        // Half-open: the caller that moves the window on is the one that probes.
+        now >= until
+            && self
+                .open_until
+                .compare_exchange(
+                    until,
+                    now + ms(RETRY_EVERY),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    fn success(&self) {
+        self.open_until.store(0, Ordering::Relaxed);
+    }
+
+    fn failure(&self) {
+        self.open_until
+            .store(self.now() + ms(RETRY_EVERY), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_on_failure_and_lets_one_probe_through_later() {
+        let b = Breaker::new();
+        assert!(b.allow() && b.allow(), "closed: everything passes");
+        b.failure();
+        assert!(!b.allow(), "open: refused at once");
+        // Pretend the window has passed.
+        b.open_until.store(1, Ordering::Relaxed);
+        assert!(b.allow(), "one probe");
+        assert!(!b.allow(), "the others wait for the probe's outcome");
+        b.success();
+        assert!(b.allow() && b.allow());
+    }
+
+    #[test]
+    fn keys_hold_digests_only() {
+        let key = CacheKey::new(
+            "lib1",
+            "space",
+            "confirm",
+            Some("user"),
+            Some(1),
+            &crate::secret::Secret::new("token"),
+        );
+        for k in [entries_key(&key), lock_key(&key), gone_key(&key)] {
+            assert!(k.starts_with(PREFIX), "{k}");
+            for plain in ["lib1", "space", "confirm", "user", "token"] {
+                assert!(!k.contains(plain), "{k} holds {plain}");
+            }
+        }
+    }
+}
