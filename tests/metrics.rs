@@ -8,12 +8,17 @@
 //! skips, so a green run always means they ran.
 
 mod common;
+#[path = "metrics/dashboard.rs"]
+mod dashboard;
+#[path = "metrics/exposition.rs"]
+mod exposition;
+#[path = "metrics/prometheus.rs"]
+mod prometheus;
+#[path = "metrics/served.rs"]
+mod served;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,9 +27,15 @@ use http::Method;
 use serde_json::{Value, json};
 use smh_gateway::mock_upstream::{Behaviour, MockUpstream};
 
+use dashboard::dashboard_queries_return_data;
+use exposition::{FAMILIES, counters_above_zero, family, scrape, series_key, value};
+use prometheus::{Prometheus, promtool};
+use served::Served;
+
 const LIB1: &str = "[[libraries]]\nid = \"lib1\"\n";
 
-fn repo(rel: &str) -> PathBuf {
+/// A path in the repository (the deploy/ files under test).
+pub fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
@@ -40,50 +51,42 @@ fn expect_status(r: &Resp, status: u16, what: &str) {
 /// answer can come from the renew cache.
 async fn send_mix(gw: &TestGateway) {
     let tok = token();
-    let renew = |ck: &str, q: &str| format!("/api/v1/file/lib1/-/{ck}?renew&{q}");
-    let r = gw
-        .post(&renew(
-            "m1",
-            &format!("access_token={tok}&traffic_limit=500000"),
-        ))
-        .await;
-    expect_status(&r, 200, "allowed renew");
-    let r = gw
-        .post(&renew(
-            "m2",
-            &format!("access_token={tok}&traffic_limit=50000"),
-        ))
-        .await;
-    expect_status(&r, 200, "renew clamped up");
-    let r = gw
-        .post(&renew(
-            "m3",
-            &format!("access_token={tok}&traffic_limit=999999999999"),
-        ))
-        .await;
-    expect_status(&r, 200, "renew clamped down");
     let expired = token_with(json!({ "exp": now() - 3600 }));
-    let r = gw
-        .post(&renew("m4", &format!("access_token={expired}")))
-        .await;
-    r.assert_error(403, "InvalidAccessToken");
     let viewer = token_with(json!({ "permissions": ["view"] }));
-    let r = gw
-        .post(&renew("m5", &format!("access_token={viewer}")))
-        .await;
-    r.assert_error(403, "NoPermission");
-    gw.post(&renew("m6", "traffic_limit=500000"))
-        .await
-        .assert_error(400, "EmptyAccessToken");
+    let tl = |v: &str| format!("access_token={tok}&traffic_limit={v}");
+    let q = |t: &str| format!("access_token={t}");
+    let no_token = "traffic_limit=500000".to_string();
+    // (confirm key, query, status, SMH code of a gateway error)
+    let renews = [
+        ("m1", tl("500000"), 200, None),
+        ("m2", tl("50000"), 200, None),        // clamped up to 102400
+        ("m3", tl("999999999999"), 200, None), // clamped down to 104857600
+        ("m4", q(&expired), 403, Some("InvalidAccessToken")),
+        ("m5", q(&viewer), 403, Some("NoPermission")),
+        ("m6", no_token, 400, Some("EmptyAccessToken")),
+    ];
+    for (ck, query, status, code) in renews {
+        let r = gw
+            .post(&format!("/api/v1/file/lib1/-/{ck}?renew&{query}"))
+            .await;
+        match code {
+            Some(code) => r.assert_error(status, code),
+            None => expect_status(&r, status, ck),
+        }
+    }
     // The upstream's own 502 passes through; a hangup is the gateway's 502.
     gw.mock.set_behaviour(Behaviour::Fixed {
         status: 502,
         body: r#"{"code":"BadGateway","message":"mock","requestId":"m"}"#.into(),
     });
-    let r = gw.post(&renew("m7", &format!("access_token={tok}"))).await;
+    let r = gw
+        .post(&format!("/api/v1/file/lib1/-/m7?renew&access_token={tok}"))
+        .await;
     expect_status(&r, 502, "upstream 502");
     gw.mock.set_behaviour(Behaviour::Hangup);
-    let r = gw.post(&renew("m8", &format!("access_token={tok}"))).await;
+    let r = gw
+        .post(&format!("/api/v1/file/lib1/-/m8?renew&access_token={tok}"))
+        .await;
     r.assert_error(502, "UpstreamUnavailable");
     gw.mock.set_behaviour(Behaviour::Smh);
     gw.request(Method::GET, "/api/v1/directory/lib1/-/", &[], b"")
@@ -95,173 +98,22 @@ async fn send_mix(gw: &TestGateway) {
 /// aside: whether a lookup happens is the cache's business, not this mix's).
 fn mix_counters() -> BTreeMap<String, f64> {
     [
-        (
-            r#"smh_gateway_requests_total{route="renew",status="200"}"#,
-            3.0,
-        ),
-        (
-            r#"smh_gateway_requests_total{route="renew",status="400"}"#,
-            1.0,
-        ),
-        (
-            r#"smh_gateway_requests_total{route="renew",status="403"}"#,
-            2.0,
-        ),
-        (
-            r#"smh_gateway_requests_total{route="renew",status="502"}"#,
-            2.0,
-        ),
-        (
-            r#"smh_gateway_requests_total{route="unmatched",status="404"}"#,
-            1.0,
-        ),
-        (r#"smh_gateway_auth_failures_total{reason="expired"}"#, 1.0),
-        (r#"smh_gateway_auth_failures_total{reason="missing"}"#, 1.0),
-        (
-            r#"smh_gateway_policy_refusals_total{reason="no_permission"}"#,
-            1.0,
-        ),
-        (
-            r#"smh_gateway_traffic_limit_clamped_total{direction="down"}"#,
-            1.0,
-        ),
-        (
-            r#"smh_gateway_traffic_limit_clamped_total{direction="up"}"#,
-            1.0,
-        ),
-        (r#"smh_gateway_renewals_total{library="lib1"}"#, 3.0),
-        (r#"smh_gateway_upstream_errors_total{kind="invalid"}"#, 1.0),
+        ("requests_total", r#"route="renew",status="200""#, 3.0),
+        ("requests_total", r#"route="renew",status="400""#, 1.0),
+        ("requests_total", r#"route="renew",status="403""#, 2.0),
+        ("requests_total", r#"route="renew",status="502""#, 2.0),
+        ("requests_total", r#"route="unmatched",status="404""#, 1.0),
+        ("auth_failures_total", r#"reason="expired""#, 1.0),
+        ("auth_failures_total", r#"reason="missing""#, 1.0),
+        ("policy_refusals_total", r#"reason="no_permission""#, 1.0),
+        ("traffic_limit_clamped_total", r#"direction="down""#, 1.0),
+        ("traffic_limit_clamped_total", r#"direction="up""#, 1.0),
+        ("renewals_total", r#"library="lib1""#, 3.0),
+        ("upstream_errors_total", r#"kind="invalid""#, 1.0),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
+    .map(|(name, labels, v)| (format!("smh_gateway_{name}{{{labels}}}"), v))
     .collect()
-}
-
-// ---------------------------------------------------------------------------
-// The text exposition format, parsed just enough to compare exact label sets.
-
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-impl Sample {
-    /// `name{a="1",b="2"}` with labels sorted: one spelling per series.
-    fn key(&self) -> String {
-        series_key(&self.name, &self.labels)
-    }
-}
-
-fn series_key(name: &str, labels: &BTreeMap<String, String>) -> String {
-    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-    if inner.is_empty() {
-        name.to_string()
-    } else {
-        format!("{name}{{{}}}", inner.join(","))
-    }
-}
-
-fn parse_exposition(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
-        let (name, labels) = match series.split_once('{') {
-            None => (series.to_string(), BTreeMap::new()),
-            Some((name, rest)) => {
-                let body = rest.strip_suffix('}').expect("labels end with }");
-                let mut labels = BTreeMap::new();
-                // Our label values hold no `",` sequence, so this split is exact here.
-                for pair in body.split("\",").filter(|p| !p.is_empty()) {
-                    let (k, v) = pair.split_once("=\"").expect("label=\"value\"");
-                    labels.insert(k.to_string(), v.trim_end_matches('"').to_string());
-                }
-                (name.to_string(), labels)
-            }
-        };
-        out.push(Sample {
-            name,
-            labels,
-            value,
-        });
-    }
-    out
-}
-
-async fn scrape(admin: SocketAddr) -> (Resp, Vec<Sample>) {
-    let r = send(
-        Method::GET,
-        &format!("http://{admin}/metrics"),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let samples = parse_exposition(&r.text());
-    (r, samples)
-}
-
-fn counters_above_zero(samples: &[Sample]) -> BTreeMap<String, f64> {
-    samples
-        .iter()
-        .filter(|s| s.name.starts_with("smh_gateway_") && s.name.ends_with("_total"))
-        .filter(|s| !s.name.starts_with("smh_gateway_cache_") && s.value > 0.0)
-        .map(|s| (s.key(), s.value))
-        .collect()
-}
-
-#[track_caller]
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    let labels: BTreeMap<String, String> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let key = series_key(name, &labels);
-    samples
-        .iter()
-        .find(|s| s.key() == key)
-        .unwrap_or_else(|| panic!("no series {key}"))
-        .value
-}
-
-/// Each smh_gateway family and its label names (histograms add `le` to buckets).
-/// A new metric has to be added here, with its labels, deliberately.
-const FAMILIES: &[(&str, &[&str])] = &[
-    ("smh_gateway_requests_total", &["route", "status"]),
-    ("smh_gateway_request_duration_seconds", &["route"]),
-    ("smh_gateway_upstream_duration_seconds", &["route"]),
-    ("smh_gateway_auth_failures_total", &["reason"]),
-    ("smh_gateway_policy_refusals_total", &["reason"]),
-    ("smh_gateway_traffic_limit_clamped_total", &["direction"]),
-    ("smh_gateway_upstream_errors_total", &["kind"]),
-    ("smh_gateway_cache_requests_total", &["result"]),
-    ("smh_gateway_cache_entries", &[]),
-    ("smh_gateway_renewals_total", &["library"]),
-    ("smh_gateway_traffic_limit_granted_bytes", &["library"]),
-    ("smh_gateway_config_reloads_total", &["result"]),
-    ("smh_gateway_build_info", &["version"]),
-    ("smh_gateway_in_flight_requests", &[]),
-    ("smh_gateway_open_connections", &[]),
-    ("smh_gateway_access_log_dropped_total", &[]),
-];
-
-/// The family a sample belongs to, and whether it is a histogram bucket.
-fn family(name: &str) -> Option<(&'static str, bool)> {
-    let bucket = name.ends_with("_bucket");
-    let base = ["_bucket", "_sum", "_count"]
-        .iter()
-        .find_map(|s| name.strip_suffix(s))
-        .filter(|b| FAMILIES.iter().any(|(f, _)| f == b))
-        .unwrap_or(name);
-    FAMILIES
-        .iter()
-        .find(|(f, _)| *f == base)
-        .map(|(f, _)| (*f, bucket))
 }
 
 // ---------------------------------------------------------------------------
@@ -454,86 +306,6 @@ async fn readyz_and_healthz_are_200_while_serving() {
 // ---------------------------------------------------------------------------
 // Secrets stay out of /metrics and the logs.
 
-/// `smh-gateway serve` as a child process whose stdout (the access log) and stderr
-/// (operational messages) are kept whole, so a test can search all it wrote.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    stdout: std::thread::JoinHandle<String>,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-impl Served {
-    fn start(config: &Path) -> Served {
-        use std::io::BufRead;
-        let mut child = bin()
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let stdout = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = out.read_to_string(&mut text);
-            text
-        });
-        let err = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(rest.to_string());
-                }
-                text.push_str(&line);
-                text.push('\n');
-            }
-            text
-        });
-        // "127.0.0.1:PORT (admin 127.0.0.1:PORT)\"..."
-        let rest = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway printed its addresses");
-        let mut addrs = rest
-            .split([' ', '(', ')', '"'])
-            .filter_map(|w| w.parse::<SocketAddr>().ok());
-        let (addr, admin) = (addrs.next().unwrap(), addrs.next().unwrap());
-        Served {
-            child,
-            addr,
-            admin,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// SIGTERM, wait for the drain, and return (stdout, stderr).
-    fn stop(mut self) -> (String, String) {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(ok.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("gateway did not exit after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "exit after SIGTERM: {status}");
-        let stdout = self.stdout.join().unwrap();
-        let stderr = self.stderr.join().unwrap();
-        (stdout, stderr)
-    }
-}
-
 #[tokio::test]
 async fn no_token_user_id_or_confirm_key_reaches_metrics_or_logs() {
     // Every user id, confirm key, library and path below holds this marker.
@@ -548,7 +320,7 @@ async fn no_token_user_id_or_confirm_key_reaches_metrics_or_logs() {
     };
     let config = dir.join("gateway.toml");
     std::fs::write(&config, config_text(&dir, &mock.url(), &setup)).unwrap();
-    let gw = Served::start(&config);
+    let mut gw = Served::start(&config);
 
     let lib = format!("lib-{MARK}");
     let user = format!("user-{MARK}");
@@ -665,49 +437,6 @@ async fn no_token_user_id_or_confirm_key_reaches_metrics_or_logs() {
 // ---------------------------------------------------------------------------
 // promtool.
 
-/// The path of a tool from Debian's `prometheus` package; a missing one fails the
-/// test with the fix.
-fn tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not on PATH. These tests need Debian's `prometheus` package, which \
-                 ships both `prometheus` and `promtool`: `apt-get install prometheus` \
-                 (`.ci/run` installs it)."
-            )
-        })
-}
-
-/// Runs promtool with `stdin`, asserting success; returns its output.
-fn promtool(args: &[&str], stdin: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = Command::new(tool("promtool"))
-        .args(args)
-        .current_dir(repo("."))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool starts");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "promtool {args:?}: {}\n{text}",
-        out.status
-    );
-    text
-}
-
 #[tokio::test]
 async fn promtool_accepts_the_metrics_output() {
     let gw = start_with(Setup {
@@ -736,164 +465,6 @@ fn promtool_accepts_the_alert_rules_and_their_unit_tests() {
 
 // ---------------------------------------------------------------------------
 // A real Prometheus scraping the gateway's admin port.
-
-/// A GET that reports a refused connection instead of panicking (Prometheus is
-/// still starting).
-async fn try_get(url: &str) -> Result<(u16, String), String> {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
-        .await
-        .map_err(|_| format!("{url}: no answer in 5s"))?
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((
-        status,
-        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-    ))
-}
-
-fn encode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// A free loopback port: bound to :0, then released for Prometheus to take.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// `prometheus` as a child process with its own config and TSDB in a temp dir,
-/// scraping one target every second and evaluating `deploy/prometheus/alerts.yml`
-/// every second. Killed on drop.
-struct Prometheus {
-    child: Child,
-    url: String,
-    dir: PathBuf,
-}
-
-impl Prometheus {
-    fn start(target: SocketAddr) -> Prometheus {
-        let bin = tool("prometheus");
-        let dir = temp_dir("prometheus");
-        let config = dir.join("prometheus.yml");
-        let rules = repo("deploy/prometheus/alerts.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 rule_files:\n  - {rules:?}\n\
-                 scrape_configs:\n  - job_name: smh-gateway\n    static_configs:\n      \
-                 - targets: [\"{target}\"]\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("prometheus starts");
-        Prometheus {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok((200, _)) = try_get(&format!("{}/-/ready", self.url)).await {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("prometheus exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready in 20s:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// `GET /api/v1/<path>`; the `data` of a successful answer.
-    async fn api(&self, path: &str) -> Value {
-        let url = format!("{}/api/v1/{path}", self.url);
-        let (status, body) = try_get(&url).await.unwrap_or_else(|e| panic!("{e}"));
-        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        assert!(
-            status == 200 && v["status"] == "success",
-            "{url}: {status} {body}"
-        );
-        v["data"].clone()
-    }
-
-    /// An instant query: each series' labels (`__name__` included) and value. A
-    /// scalar answer is one series without labels.
-    async fn query(&self, q: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-        let data = self.api(&format!("query?query={}", encode(q))).await;
-        let num = |v: &Value| v[1].as_str().unwrap().parse::<f64>().unwrap();
-        match data["resultType"].as_str() {
-            Some("vector") => data["result"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| {
-                    let labels = serde_json::from_value(s["metric"].clone()).unwrap();
-                    (labels, num(&s["value"]))
-                })
-                .collect(),
-            Some("scalar") => vec![(BTreeMap::new(), num(&data["result"]))],
-            other => panic!("{q}: unexpected result type {other:?}"),
-        }
-    }
-
-    /// Polls `q` until `done` holds for its answer (up to 15 s); returns it.
-    async fn query_until(
-        &self,
-        q: &str,
-        done: impl Fn(&[(BTreeMap<String, String>, f64)]) -> bool,
-    ) -> Vec<(BTreeMap<String, String>, f64)> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let got = self.query(q).await;
-            if done(&got) || Instant::now() > deadline {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The counters above zero as Prometheus has them, keyed like [`mix_counters`];
 /// every one carries the scrape's job and instance.
@@ -990,143 +561,4 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_query_returns_data()
     assert_eq!(pending[0].0["severity"], "critical");
 
     dashboard_queries_return_data(&prom, &instance).await;
-}
-
-/// Every `expr` in a list of Grafana panels (rows nest theirs), with its panel title.
-fn panel_queries(panels: &Value, out: &mut Vec<(String, String)>) {
-    for panel in panels.as_array().into_iter().flatten() {
-        panel_queries(&panel["panels"], out);
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"].as_str().unwrap_or_default();
-            assert!(
-                !expr.is_empty(),
-                "a target without expr in {}",
-                panel["title"]
-            );
-            assert_eq!(
-                target["datasource"]["uid"], "${datasource}",
-                "{}: use the datasource variable",
-                panel["title"]
-            );
-            out.push((
-                panel["title"].as_str().unwrap().to_string(),
-                expr.to_string(),
-            ));
-        }
-    }
-}
-
-async fn dashboard_queries_return_data(prom: &Prometheus, instance: &str) {
-    let path = repo("deploy/grafana/smh-gateway.json");
-    let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let vars = dash["templating"]["list"].as_array().unwrap();
-    assert!(
-        vars.iter()
-            .any(|v| v["type"] == "datasource" && v["query"] == "prometheus"),
-        "the dashboard needs a Prometheus datasource variable"
-    );
-
-    // Grafana's built-ins as it would fill them in, and each variable as "All".
-    let mut subst: Vec<(String, String)> = [
-        ("$__rate_interval", "30s"),
-        ("$__interval", "30s"),
-        ("$__range", "1m"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    for var in vars.iter().filter(|v| v["type"] == "query") {
-        let name = var["name"].as_str().unwrap();
-        let all = var["allValue"]
-            .as_str()
-            .expect("query variables have allValue");
-        subst.push((format!("${{{name}}}"), all.to_string()));
-        subst.push((format!("${name}"), all.to_string()));
-    }
-    let fill = |expr: &str| {
-        let q = subst
-            .iter()
-            .fold(expr.to_string(), |q, (k, v)| q.replace(k, v));
-        assert!(!q.contains('$'), "unsubstituted variable in {expr}");
-        q
-    };
-
-    // The variables' own queries: label_values(selector, label).
-    for var in vars.iter().filter(|v| v["type"] == "query") {
-        let def = var["definition"].as_str().unwrap();
-        let args = def
-            .strip_prefix("label_values(")
-            .and_then(|d| d.strip_suffix(')'))
-            .unwrap_or_else(|| panic!("{def}: expected label_values(selector, label)"));
-        let (selector, label) = args.rsplit_once(',').unwrap();
-        let data = prom
-            .api(&format!(
-                "label/{}/values?match[]={}",
-                label.trim(),
-                encode(&fill(selector.trim()))
-            ))
-            .await;
-        let values: Vec<&str> = data
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        let want = if label.trim() == "instance" {
-            instance
-        } else {
-            "smh-gateway"
-        };
-        assert_eq!(values, [want], "variable {def}");
-    }
-
-    let mut queries = Vec::new();
-    panel_queries(&dash["panels"], &mut queries);
-    let titles: BTreeSet<&str> = queries.iter().map(|(t, _)| t.as_str()).collect();
-    for want in [
-        "Requests by status",
-        "Latency percentiles (request)",
-        "Cache hit ratio",
-        "Auth failures by reason",
-        "Policy refusals by reason",
-        "traffic_limit clamps",
-        "Upstream errors",
-        "Renewals per library",
-        "Granted traffic_limit per library",
-    ] {
-        assert!(titles.contains(want), "no panel {want:?} in {titles:?}");
-    }
-
-    // Only metrics the gateway exports: `or vector(0)` would hide a misspelt one.
-    let (_, samples) = scrape(instance.parse().unwrap()).await;
-    let exported: BTreeSet<&str> = samples.iter().map(|s| s.name.as_str()).collect();
-    for (title, expr) in &queries {
-        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if word.starts_with("smh_gateway_") || word.starts_with("process_") {
-                assert!(exported.contains(word), "{title}: {word} is not exported");
-            }
-        }
-    }
-
-    // Each query answers with data. Polled: a rate() needs two scrapes in range.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut empty = Vec::new();
-    for (title, expr) in &queries {
-        let q = fill(expr);
-        let got = loop {
-            let got = prom.query(&q).await;
-            if !got.is_empty() || Instant::now() > deadline {
-                break got;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        if got.is_empty() {
-            empty.push(format!("{title}: {q}"));
-        }
-    }
-    assert!(
-        empty.is_empty(),
-        "queries without data:\n{}",
-        empty.join("\n")
-    );
 }
