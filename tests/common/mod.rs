@@ -43,6 +43,8 @@ pub struct Setup {
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The running gateway, for calls no HTTP route reaches yet (cache invalidation).
+    pub gateway: std::sync::Arc<smh_gateway::proxy::Gateway>,
     pub mock: MockUpstream,
     pub dir: PathBuf,
     logs: Receiver<String>,
@@ -125,6 +127,7 @@ pub async fn start_against(mock: MockUpstream, setup: Setup) -> TestGateway {
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
     let (addr, admin) = (server.local_addr(), server.admin_addr());
+    let gateway = server.gateway();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -132,6 +135,7 @@ pub async fn start_against(mock: MockUpstream, setup: Setup) -> TestGateway {
     TestGateway {
         addr,
         admin,
+        gateway,
         mock,
         dir,
         logs,
@@ -163,6 +167,19 @@ impl TestGateway {
         body: &'static [u8],
     ) -> Resp {
         send(method, &self.url(target), headers, Bytes::from_static(body)).await
+    }
+
+    /// The value of one series on `/metrics` (`name{labels}` exactly as exposed),
+    /// 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let r = send(
+            Method::GET,
+            &format!("http://{}/metrics", self.admin),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        metric_value(&r.text(), series)
     }
 
     /// Access-log lines written so far (waits briefly for the first).
@@ -432,4 +449,135 @@ impl Drop for BinGateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of one series in Prometheus text, 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A throwaway `redis-server` on a free loopback port (no persistence), killed on
+/// drop. A test that needs one fails, with this message, when it is not installed:
+/// a cache test that skips silently would pass without testing anything.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = temp_dir("redis");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut server = RedisServer {
+                port,
+                child: None,
+                dir: dir.clone(),
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on a free port after 5 tries");
+    }
+
+    /// On a port chosen before (a gateway was told to use it while it was down).
+    pub fn start_on(port: u16) -> RedisServer {
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir: temp_dir("redis"),
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (its data goes with it) and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        for _ in 0..20 {
+            if self.spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not restart on port {}", self.port);
+    }
+
+    /// Starts redis-server on `self.port`; false if it exited (port taken).
+    fn spawn(&mut self) -> bool {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--loglevel", "warning", "--dir"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server is not installed, and the Redis cache tests need it: \
+                 apt-get install redis-server (.ci/run installs it)"
+            ),
+            Err(e) => panic!("cannot run redis-server: {e}"),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if redis_ping(self.port) {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn redis_ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
