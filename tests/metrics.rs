@@ -47,8 +47,8 @@ fn expect_status(r: &Resp, status: u16, what: &str) {
     assert_eq!(r.status.as_u16(), status, "{what}: {}", r.text());
 }
 
-/// Nine requests, each a different outcome. Confirm keys differ so that no
-/// answer can come from the renew cache.
+/// Ten requests: nine different outcomes with different confirm keys, so that none
+/// comes from the renew cache, then the first renew again, answered by the cache.
 async fn send_mix(gw: &TestGateway) {
     let tok = token();
     let expired = token_with(json!({ "exp": now() - 3600 }));
@@ -92,13 +92,19 @@ async fn send_mix(gw: &TestGateway) {
     gw.request(Method::GET, "/api/v1/directory/lib1/-/", &[], b"")
         .await
         .assert_error(404, "RouteNotFound");
+    // A cache hit is a renewal too (SPEC §8), granted the same traffic_limit.
+    let r = gw
+        .post(&format!("/api/v1/file/lib1/-/m1?renew&{}", tl("500000")))
+        .await;
+    expect_status(&r, 200, "cache hit");
+    assert_eq!(r.headers["x-cache"], "HIT");
 }
 
 /// The smh_gateway counters above zero after [`send_mix`] (the cache's counters
 /// aside: whether a lookup happens is the cache's business, not this mix's).
 fn mix_counters() -> BTreeMap<String, f64> {
     [
-        ("requests_total", r#"route="renew",status="200""#, 3.0),
+        ("requests_total", r#"route="renew",status="200""#, 4.0),
         ("requests_total", r#"route="renew",status="400""#, 1.0),
         ("requests_total", r#"route="renew",status="403""#, 2.0),
         ("requests_total", r#"route="renew",status="502""#, 2.0),
@@ -108,7 +114,7 @@ fn mix_counters() -> BTreeMap<String, f64> {
         ("policy_refusals_total", r#"reason="no_permission""#, 1.0),
         ("traffic_limit_clamped_total", r#"direction="down""#, 1.0),
         ("traffic_limit_clamped_total", r#"direction="up""#, 1.0),
-        ("renewals_total", r#"library="lib1""#, 3.0),
+        ("renewals_total", r#"library="lib1""#, 4.0),
         ("upstream_errors_total", r#"kind="invalid""#, 1.0),
     ]
     .into_iter()
@@ -137,7 +143,7 @@ async fn metrics_count_a_mix_of_traffic_with_exact_labels_and_values() {
     let v = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
     let renew = [("route", "renew")];
     let unmatched = [("route", "unmatched")];
-    assert_eq!(v("smh_gateway_request_duration_seconds_count", &renew), 8.0);
+    assert_eq!(v("smh_gateway_request_duration_seconds_count", &renew), 9.0);
     assert_eq!(
         v("smh_gateway_request_duration_seconds_count", &unmatched),
         1.0
@@ -152,11 +158,14 @@ async fn metrics_count_a_mix_of_traffic_with_exact_labels_and_values() {
         v("smh_gateway_upstream_duration_seconds_count", &unmatched),
         0.0
     );
-    // Granted traffic_limit, after clamping: 500000, 102400 (up), 104857600 (down).
+    let hit = [("result", "hit")];
+    assert_eq!(v("smh_gateway_cache_requests_total", &hit), 1.0);
+    // Granted traffic_limit, after clamping: 500000 (twice: the cache hit),
+    // 102400 (up), 104857600 (down).
     let lib1 = [("library", "lib1")];
     let granted = "smh_gateway_traffic_limit_granted_bytes";
-    assert_eq!(v(&format!("{granted}_count"), &lib1), 3.0);
-    assert_eq!(v(&format!("{granted}_sum"), &lib1), 105_460_000.0);
+    assert_eq!(v(&format!("{granted}_count"), &lib1), 4.0);
+    assert_eq!(v(&format!("{granted}_sum"), &lib1), 105_960_000.0);
     let bucket = |le| {
         v(
             &format!("{granted}_bucket"),
@@ -165,10 +174,10 @@ async fn metrics_count_a_mix_of_traffic_with_exact_labels_and_values() {
     };
     assert_eq!(bucket("102400"), 1.0);
     assert_eq!(bucket("409600"), 1.0);
-    assert_eq!(bucket("819200"), 2.0);
-    assert_eq!(bucket("52428800"), 2.0);
-    assert_eq!(bucket("104857600"), 3.0);
-    assert_eq!(bucket("+Inf"), 3.0);
+    assert_eq!(bucket("819200"), 3.0);
+    assert_eq!(bucket("52428800"), 3.0);
+    assert_eq!(bucket("104857600"), 4.0);
+    assert_eq!(bucket("+Inf"), 4.0);
     assert_eq!(
         v("smh_gateway_renewals_total", &[("library", "other")]),
         0.0
@@ -528,9 +537,9 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_query_returns_data()
         .query(r#"smh_gateway_traffic_limit_granted_bytes_count{library="lib1"}"#)
         .await;
     assert_eq!(granted.len(), 1);
-    assert_eq!(granted[0].1, 6.0);
+    assert_eq!(granted[0].1, 8.0);
 
-    // The alert rules load and evaluate against the real series: two in nine
+    // The alert rules load and evaluate against the real series: two in ten
     // answers are 502, well over the 5% that starts the 5xx alert's `for:`.
     let rules = std::fs::read_to_string(repo("deploy/prometheus/alerts.yml")).unwrap();
     let alert_count = rules.matches("- alert:").count();
