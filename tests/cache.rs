@@ -31,6 +31,13 @@ fn x_cache(r: &Resp) -> &str {
     r.headers.get("x-cache").map_or("", |v| v.to_str().unwrap())
 }
 
+/// One token for the whole file: `token()` mints a new one each second (its `iat`
+/// changes), and a new credential is, rightly, a new cache entry.
+fn caller() -> &'static str {
+    static TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(token);
+    &TOKEN
+}
+
 fn renew_target(token: &str) -> String {
     format!("/api/v1/file/lib1/-/ck1?renew&access_token={token}")
 }
@@ -61,11 +68,10 @@ fn count_by_x_cache(responses: &[Resp]) -> (usize, usize, usize) {
 }
 
 async fn hit_after_miss(gw: &TestGateway) {
-    let token = token();
-    let first = gw.post(&renew_target(&token)).await;
+    let first = gw.post(&renew_target(caller())).await;
     assert_eq!(first.status, 200, "{}", first.text());
     assert_eq!(x_cache(&first), "MISS");
-    let second = gw.post(&renew_target(&token)).await;
+    let second = gw.post(&renew_target(caller())).await;
     assert_eq!(second.status, 200);
     assert_eq!(x_cache(&second), "HIT");
     assert_eq!(
@@ -111,7 +117,7 @@ async fn fifty_concurrent_identical_renews_make_one_upstream_call() {
     let gw = start_with(memory()).await;
     gw.mock
         .set_behaviour(Behaviour::Delay(Duration::from_millis(300)));
-    let responses = burst(&[&gw], 50, &renew_target(&token())).await;
+    let responses = burst(&[&gw], 50, &renew_target(caller())).await;
     assert!(responses.iter().all(|r| r.status == 200));
     assert!(responses.iter().all(|r| r.body == responses[0].body));
     assert_eq!(gw.mock.count(), 1);
@@ -127,7 +133,7 @@ async fn fifty_concurrent_renews_over_two_gateways_sharing_redis_make_one_upstre
     let b = start_against(a.mock.clone(), redis(&server)).await;
     a.mock
         .set_behaviour(Behaviour::Delay(Duration::from_millis(400)));
-    let responses = burst(&[&a, &b], 50, &renew_target(&token())).await;
+    let responses = burst(&[&a, &b], 50, &renew_target(caller())).await;
     for r in &responses {
         assert_eq!(r.status, 200, "{}", r.text());
     }
@@ -139,7 +145,7 @@ async fn fifty_concurrent_renews_over_two_gateways_sharing_redis_make_one_upstre
     let errors = "smh_gateway_cache_requests_total{result=\"error\"}";
     assert_eq!(a.metric(errors).await + b.metric(errors).await, 0.0);
     // And the entry is shared afterwards.
-    let r = b.post(&renew_target(&token())).await;
+    let r = b.post(&renew_target(caller())).await;
     assert_eq!(x_cache(&r), "HIT");
 }
 
@@ -152,7 +158,7 @@ async fn a_failed_flight_gives_every_waiter_the_same_answer_and_the_next_request
     .await;
     gw.mock
         .set_behaviour(Behaviour::Delay(Duration::from_secs(2)));
-    let responses = burst(&[&gw], 20, &renew_target(&token())).await;
+    let responses = burst(&[&gw], 20, &renew_target(caller())).await;
     for r in &responses {
         r.assert_error(504, "UpstreamTimeout");
         assert_eq!(x_cache(r), "", "the gateway's own errors carry no X-Cache");
@@ -160,7 +166,7 @@ async fn a_failed_flight_gives_every_waiter_the_same_answer_and_the_next_request
     assert_eq!(gw.mock.count(), 1);
 
     gw.mock.set_behaviour(Behaviour::Smh);
-    let r = gw.post(&renew_target(&token())).await;
+    let r = gw.post(&renew_target(caller())).await;
     assert_eq!(r.status, 200);
     assert_eq!(x_cache(&r), "MISS", "failures are not cached");
     assert_eq!(gw.mock.count(), 2);
@@ -177,14 +183,14 @@ async fn a_failed_flight_answers_the_waiters_of_another_replica_too() {
     let b = start_against(a.mock.clone(), setup).await;
     a.mock
         .set_behaviour(Behaviour::Delay(Duration::from_secs(2)));
-    let responses = burst(&[&a, &b], 20, &renew_target(&token())).await;
+    let responses = burst(&[&a, &b], 20, &renew_target(caller())).await;
     for r in &responses {
         r.assert_error(504, "UpstreamTimeout");
     }
     assert_eq!(a.mock.count(), 1, "the other replica waited for the answer");
 
     a.mock.set_behaviour(Behaviour::Smh);
-    let r = b.post(&renew_target(&token())).await;
+    let r = b.post(&renew_target(caller())).await;
     assert_eq!((r.status.as_u16(), x_cache(&r)), (200, "MISS"));
 }
 
@@ -199,7 +205,7 @@ async fn an_upstream_error_reaches_every_waiter_unchanged_and_is_not_cached() {
             body: body.into(),
         });
         for _ in 0..2 {
-            let r = gw.post(&renew_target(&token())).await;
+            let r = gw.post(&renew_target(caller())).await;
             assert_eq!(r.status, status);
             assert_eq!(r.text(), body, "passed through unchanged");
             assert_eq!(x_cache(&r), "MISS", "an upstream answer, not cached");
@@ -223,7 +229,7 @@ async fn a_200_without_a_usable_expiration_is_not_cached() {
             body: body.into(),
         });
         for _ in 0..2 {
-            let r = gw.post(&renew_target(&token())).await;
+            let r = gw.post(&renew_target(caller())).await;
             assert_eq!(r.status, 200);
             assert_eq!(r.text(), body);
         }
@@ -240,7 +246,7 @@ async fn expiration_inside_min_remaining_is_never_a_hit(setup: Setup) {
     })
     .await;
     for _ in 0..3 {
-        let r = gw.post(&renew_target(&token())).await;
+        let r = gw.post(&renew_target(caller())).await;
         assert_eq!((r.status.as_u16(), x_cache(&r)), (200, "MISS"));
     }
     assert_eq!(gw.mock.count(), 3);
@@ -385,7 +391,7 @@ async fn with_the_cache_disabled_every_renew_goes_upstream_without_x_cache() {
     })
     .await;
     for _ in 0..2 {
-        let r = gw.post(&renew_target(&token())).await;
+        let r = gw.post(&renew_target(caller())).await;
         assert_eq!(r.status, 200);
         assert!(r.headers.get("x-cache").is_none());
     }
@@ -403,11 +409,11 @@ async fn refusals_and_gateway_errors_carry_no_x_cache() {
     r.assert_error(403, "InvalidAccessToken");
     assert!(r.headers.get("x-cache").is_none());
     gw.mock.set_behaviour(Behaviour::Hangup);
-    let r = gw.post(&renew_target(&token())).await;
+    let r = gw.post(&renew_target(caller())).await;
     r.assert_error(502, "UpstreamUnavailable");
     assert!(r.headers.get("x-cache").is_none());
     gw.mock.set_behaviour(Behaviour::Smh);
-    let r = gw.post(&renew_target(&token())).await;
+    let r = gw.post(&renew_target(caller())).await;
     assert_eq!((r.status.as_u16(), x_cache(&r)), (200, "MISS"));
 }
 
@@ -416,7 +422,7 @@ async fn a_waiter_whose_client_goes_away_does_not_cancel_the_flight() {
     let gw = start_with(memory()).await;
     gw.mock
         .set_behaviour(Behaviour::Delay(Duration::from_millis(500)));
-    let target = gw.url(&renew_target(&token()));
+    let target = gw.url(&renew_target(caller()));
     // The leader's client gives up after 100 ms.
     let leader = tokio::spawn({
         let target = target.clone();
@@ -436,7 +442,7 @@ async fn a_waiter_whose_client_goes_away_does_not_cancel_the_flight() {
     assert_eq!(follower.status, 200);
     assert_eq!(x_cache(&follower), "COALESCED");
     assert_eq!(gw.mock.count(), 1);
-    let again = gw.post(&renew_target(&token())).await;
+    let again = gw.post(&renew_target(caller())).await;
     assert_eq!(x_cache(&again), "HIT", "the flight stored its answer");
 }
 
@@ -481,7 +487,7 @@ async fn redis_invalidate_upload_drops_every_entry_of_that_upload() {
 async fn until_hit(gw: &TestGateway, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
-        let r = gw.post(&renew_target(&token())).await;
+        let r = gw.post(&renew_target(caller())).await;
         assert_eq!(r.status, 200, "{}", r.text());
         if x_cache(&r) == "HIT" {
             return true;
@@ -495,13 +501,13 @@ async fn until_hit(gw: &TestGateway, limit: Duration) -> bool {
 async fn redis_stopped_mid_run_serves_from_the_upstream_and_caching_resumes_when_it_is_back() {
     let mut server = RedisServer::start();
     let gw = start_with(redis(&server)).await;
-    assert_eq!(x_cache(&gw.post(&renew_target(&token())).await), "MISS");
-    assert_eq!(x_cache(&gw.post(&renew_target(&token())).await), "HIT");
+    assert_eq!(x_cache(&gw.post(&renew_target(caller())).await), "MISS");
+    assert_eq!(x_cache(&gw.post(&renew_target(caller())).await), "HIT");
 
     server.stop();
     let before = gw.mock.count();
     for _ in 0..5 {
-        let r = gw.post(&renew_target(&token())).await;
+        let r = gw.post(&renew_target(caller())).await;
         assert_eq!(r.status, 200, "never a 5xx because of Redis: {}", r.text());
         assert_eq!(x_cache(&r), "MISS");
     }
@@ -529,7 +535,7 @@ async fn redis_down_at_start_the_gateway_starts_and_caches_once_redis_is_up() {
     let port = free_port();
     let gw = start_with(redis_at(&format!("redis://127.0.0.1:{port}"))).await;
     for _ in 0..3 {
-        let r = gw.post(&renew_target(&token())).await;
+        let r = gw.post(&renew_target(caller())).await;
         assert_eq!((r.status.as_u16(), x_cache(&r)), (200, "MISS"));
     }
     assert_eq!(gw.mock.count(), 3);
