@@ -259,8 +259,15 @@ impl Metrics {
             ));
         }
 
-        for f in AuthFailure::ALL {
-            auth_failures.with_label_values(&[f.as_str()]);
+        for reason in AuthFailure::ALL.map(AuthFailure::as_str).into_iter().chain(["missing"]) {
+            auth_failures.with_label_values(&[reason]);
+        }
+        // A series' first sample is Prometheus's baseline for rate(): create the
+        // common ones now, so that the first 502 after a restart is not lost.
+        for route in RouteName::ALL {
+            for status in ["200", "400", "403", "404", "413", "414", "431", "502", "503", "504"] {
+                requests.with_label_values(&[route.as_str(), status]);
+            }
         }
         for r in POLICY_REASONS {
             policy_refusals.with_label_values(&[r]);
@@ -279,6 +286,7 @@ impl Metrics {
         }
         for lib in libraries.iter().map(String::as_str).chain([OTHER_LIBRARY]) {
             renewals.with_label_values(&[lib]);
+            traffic_limit_granted.with_label_values(&[lib]);
         }
         let by_route =
             |h: &HistogramVec| RouteName::ALL.map(|r| h.with_label_values(&[r.as_str()]));
