@@ -29,6 +29,10 @@ pub struct Entry {
     pub body: Bytes,
 }
 
+/// Larger answers are passed on but not cached. SMH's renew answer is under a
+/// kilobyte; the bound keeps `max_entries` a bound on memory too.
+pub const MAX_ENTRY_BODY: usize = 64 * 1024;
+
 /// Unix time in milliseconds (the unit of every expiry in the cache).
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -59,10 +63,10 @@ impl Lifetime {
     }
 
     /// The entry for an upstream answer, or `None` when it must not be cached: any
-    /// status but 200, a body that is not SMH's JSON, an `expiration` that does not
-    /// parse or is too close.
+    /// status but 200, a body that is not SMH's JSON or is over [`MAX_ENTRY_BODY`],
+    /// an `expiration` that does not parse or is too close.
     pub fn entry_for(&self, answer: &Answer, now: u64) -> Option<Entry> {
-        if answer.status != StatusCode::OK {
+        if answer.status != StatusCode::OK || answer.body.len() > MAX_ENTRY_BODY {
             return None;
         }
         let expiration = parse_expiration(&answer.body)?;
@@ -325,6 +329,11 @@ mod tests {
         assert!(lt.entry_for(&answer(200, "{}"), now).is_none());
         assert!(lt.entry_for(&answer(200, ""), now).is_none());
         assert!(lt.entry_for(&answer(200, SMH_BODY), T0).is_none());
+        let padded = SMH_BODY.replace("\"d\"", &format!("\"{}\"", "d".repeat(MAX_ENTRY_BODY)));
+        assert!(
+            lt.entry_for(&answer(200, &padded), now).is_none(),
+            "too large"
+        );
     }
 
     #[test]

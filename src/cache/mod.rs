@@ -157,30 +157,37 @@ impl RenewCache {
         }
         check_config(config)?;
         let bound = flight_bound(config);
-        let backend = match cache.backend {
-            CacheBackend::Memory => {
-                let store = Arc::new(MemoryStore::new(cache.max_entries, bound));
-                memory::spawn_sweeper(Arc::downgrade(&store));
-                Backend::Memory(store)
-            }
+        let lifetime = Lifetime {
+            min_remaining: cache.min_remaining,
+            max_ttl: cache.max_ttl,
+        };
+        Ok(Some(match cache.backend {
+            CacheBackend::Memory => RenewCache::memory(cache.max_entries, lifetime, bound),
             CacheBackend::Redis => {
                 let store = RedisStore::connect(&cache.redis_url, bound, REDIS_WARM_UP)
                     .await
                     .map_err(|msg| {
                         ConfigError::new(&config.source, Some("cache.redis_url".into()), msg)
                     })?;
-                Backend::Redis(store)
+                RenewCache::new(Backend::Redis(store), lifetime, bound)
             }
-        };
-        Ok(Some(RenewCache {
+        }))
+    }
+
+    /// A memory cache (with its sweeper: call inside a Tokio runtime).
+    pub fn memory(max_entries: usize, lifetime: Lifetime, flight_bound: Duration) -> RenewCache {
+        let store = Arc::new(MemoryStore::new(max_entries, flight_bound));
+        memory::spawn_sweeper(Arc::downgrade(&store));
+        RenewCache::new(Backend::Memory(store), lifetime, flight_bound)
+    }
+
+    fn new(backend: Backend, lifetime: Lifetime, flight_bound: Duration) -> RenewCache {
+        RenewCache {
             backend,
             flights: Flights::default(),
-            lifetime: Lifetime {
-                min_remaining: cache.min_remaining,
-                max_ttl: cache.max_ttl,
-            },
-            flight_bound: bound,
-        }))
+            lifetime,
+            flight_bound,
+        }
     }
 
     /// Entries held: exact for memory; for Redis, across all replicas as last
@@ -448,4 +455,185 @@ fn flight_id() -> String {
         bytes[8..].copy_from_slice(&n.to_le_bytes());
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+
+    use super::*;
+    use crate::error::UpstreamFailure;
+    use crate::secret::Secret;
+
+    fn cache() -> RenewCache {
+        RenewCache::memory(
+            100,
+            Lifetime {
+                min_remaining: Duration::from_secs(300),
+                max_ttl: Duration::from_secs(1800),
+            },
+            Duration::from_secs(5),
+        )
+    }
+
+    fn key(user: &str) -> CacheKey {
+        CacheKey::new("lib", "-", "ck", Some(user), None, &Secret::new("t"))
+    }
+
+    fn renew_answer() -> Answer {
+        let expiration = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let expiration = expiration
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        Answer {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from(format!(r#"{{"expiration":"{expiration}"}}"#)),
+        }
+    }
+
+    /// A fetch that counts its calls, waits `delay`, then answers `result`.
+    fn fetch(
+        calls: &Arc<AtomicUsize>,
+        delay: Duration,
+        result: Result<Answer, GatewayError>,
+    ) -> impl FnOnce() -> std::pin::Pin<
+        Box<dyn Future<Output = Result<Answer, GatewayError>> + Send + 'static>,
+    > + use<> {
+        let calls = calls.clone();
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                result
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn miss_then_hit() {
+        let c = cache();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let first = c
+            .lookup(key("u"), fetch(&calls, Duration::ZERO, Ok(renew_answer())))
+            .await;
+        assert_eq!(
+            (first.source, first.metric),
+            (Source::Miss, CacheResult::Miss)
+        );
+        let second = c
+            .lookup(key("u"), fetch(&calls, Duration::ZERO, Ok(renew_answer())))
+            .await;
+        assert_eq!(
+            (second.source, second.metric),
+            (Source::Hit, CacheResult::Hit)
+        );
+        assert!(matches!(second.reply, Ok(Reply::Cached(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(c.entries(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_call_and_its_failure() {
+        let c = Arc::new(cache());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let failure = Err(GatewayError::UpstreamTimeout);
+        let lookups: Vec<_> = (0..10)
+            .map(|_| {
+                let (c, f) = (
+                    c.clone(),
+                    fetch(&calls, Duration::from_millis(50), failure.clone()),
+                );
+                tokio::spawn(async move { c.lookup(key("u"), f).await })
+            })
+            .collect();
+        let mut sources = Vec::new();
+        for l in lookups {
+            let l = l.await.unwrap();
+            assert_eq!(l.reply.unwrap_err(), GatewayError::UpstreamTimeout);
+            sources.push(l.source);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(sources.iter().filter(|s| **s == Source::Miss).count(), 1);
+        assert_eq!(
+            sources.iter().filter(|s| **s == Source::Coalesced).count(),
+            9
+        );
+        // Not stored: the next lookup calls again.
+        let next = c
+            .lookup(key("u"), fetch(&calls, Duration::ZERO, Ok(renew_answer())))
+            .await;
+        assert_eq!(next.source, Source::Miss);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(c.entries(), 1);
+    }
+
+    #[tokio::test]
+    async fn different_keys_do_not_coalesce() {
+        let c = Arc::new(cache());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (a, b) = tokio::join!(
+            c.lookup(
+                key("a"),
+                fetch(&calls, Duration::from_millis(20), Ok(renew_answer()))
+            ),
+            c.lookup(
+                key("b"),
+                fetch(&calls, Duration::from_millis(20), Ok(renew_answer()))
+            ),
+        );
+        assert_eq!((a.source, b.source), (Source::Miss, Source::Miss));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_flight_that_panics_answers_502_and_leaves_the_table() {
+        let c = cache();
+        let boom =
+            || -> std::pin::Pin<Box<dyn Future<Output = Result<Answer, GatewayError>> + Send>> {
+                Box::pin(async { panic!("fetch panicked (on purpose, in a test)") })
+            };
+        let l = c.lookup(key("u"), boom).await;
+        assert_eq!(
+            l.reply.unwrap_err(),
+            GatewayError::UpstreamUnavailable(UpstreamFailure::Invalid)
+        );
+        let calls = Arc::new(AtomicUsize::new(0));
+        let next = c
+            .lookup(key("u"), fetch(&calls, Duration::ZERO, Ok(renew_answer())))
+            .await;
+        assert_eq!(next.source, Source::Miss, "a new flight, not the dead one");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn invalidate_upload_drops_its_entries_and_refuses_a_late_answer() {
+        let c = cache();
+        let calls = Arc::new(AtomicUsize::new(0));
+        for user in ["a", "b"] {
+            c.lookup(key(user), fetch(&calls, Duration::ZERO, Ok(renew_answer())))
+                .await;
+        }
+        assert_eq!(c.entries(), 2);
+        assert_eq!(c.invalidate_upload("lib", "-", "ck").await, Ok(2));
+        assert_eq!(c.entries(), 0);
+        let again = c
+            .lookup(key("a"), fetch(&calls, Duration::ZERO, Ok(renew_answer())))
+            .await;
+        assert_eq!(again.source, Source::Miss);
+        assert_eq!(
+            c.entries(),
+            0,
+            "the upload is gone: its answers are not kept"
+        );
+    }
+
+    #[test]
+    fn flight_ids_are_unique() {
+        assert_ne!(flight_id(), flight_id());
+        assert_eq!(flight_id().len(), 32);
+    }
 }
