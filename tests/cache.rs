@@ -545,3 +545,29 @@ async fn redis_down_at_start_the_gateway_starts_and_caches_once_redis_is_up() {
     let _server = RedisServer::start_on(port);
     assert!(until_hit(&gw, Duration::from_secs(10)).await);
 }
+
+#[tokio::test]
+async fn a_redis_that_stops_answering_costs_little_and_caching_resumes_when_it_answers() {
+    let server = RedisServer::start();
+    let gw = start_with(redis(&server)).await;
+    assert_eq!(x_cache(&gw.post(&renew_target(caller())).await), "MISS");
+
+    server.pause();
+    let started = tokio::time::Instant::now();
+    for _ in 0..10 {
+        let r = gw.post(&renew_target(caller())).await;
+        assert_eq!((r.status.as_u16(), x_cache(&r)), (200, "MISS"));
+    }
+    // Each Redis call is bounded by tens of milliseconds, and after a failure Redis
+    // is skipped for a while: ten requests take nowhere near ten timeouts each.
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let errors = "smh_gateway_cache_requests_total{result=\"error\"}";
+    assert_eq!(gw.metric(errors).await, 10.0);
+
+    server.resume();
+    assert!(until_hit(&gw, Duration::from_secs(10)).await);
+}

@@ -508,6 +508,27 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the server keeps its connections but answers nothing (a slow Redis).
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} redis-server");
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();
