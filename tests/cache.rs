@@ -571,3 +571,39 @@ async fn a_redis_that_stops_answering_costs_little_and_caching_resumes_when_it_a
     server.resume();
     assert!(until_hit(&gw, Duration::from_secs(10)).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_renews_over_two_gateway_processes_sharing_redis_make_one_upstream_call() {
+    let server = RedisServer::start();
+    let mock = smh_gateway::mock_upstream::MockUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    mock.set_behaviour(Behaviour::Delay(Duration::from_millis(400)));
+    let dir = temp_dir("two-procs");
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config_text(&dir, &mock.url(), &redis(&server))).unwrap();
+    let (a, b) = (BinGateway::spawn(&path, &[]), BinGateway::spawn(&path, &[]));
+    let target = renew_target(caller());
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let url = format!(
+                "http://{}{target}",
+                if i % 2 == 0 { a.addr } else { b.addr }
+            );
+            tokio::spawn(
+                async move { send(http::Method::POST, &url, &[], bytes::Bytes::new()).await },
+            )
+        })
+        .collect();
+    let mut responses = Vec::new();
+    for t in tasks {
+        responses.push(t.await.unwrap());
+    }
+    for r in &responses {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(mock.count(), 1, "one upstream call for two processes");
+    let (miss, coalesced, hit) = count_by_x_cache(&responses);
+    assert_eq!((miss, coalesced + hit), (1, 49));
+    let _ = std::fs::remove_dir_all(&dir);
+}
