@@ -607,3 +607,17 @@ async fn fifty_concurrent_renews_over_two_gateway_processes_sharing_redis_make_o
     assert_eq!((miss, coalesced + hit), (1, 49));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_rediss_url_whose_tls_handshake_fails_serves_from_the_upstream() {
+    // A plaintext redis-server behind a rediss:// URL: the TLS client is built (no
+    // crypto provider panic), the handshake fails, the gateway fails open.
+    let server = RedisServer::start();
+    let gw = start_with(redis_at(&format!("rediss://127.0.0.1:{}", server.port))).await;
+    for _ in 0..2 {
+        let r = gw.post(&renew_target(caller())).await;
+        assert_eq!((r.status.as_u16(), x_cache(&r)), (200, "MISS"));
+    }
+    let errors = "smh_gateway_cache_requests_total{result=\"error\"}";
+    assert_eq!(gw.metric(errors).await, 2.0);
+}
