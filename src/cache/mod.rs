@@ -13,6 +13,8 @@
 //!
 //! - [`key`]: who may share an entry (a wrong key is cache poisoning).
 //! - [`entry`]: what is stored and for how long.
+//! - `flight`: one upstream call per key, shared by its waiters (and, with Redis,
+//!   by the other replicas: `lua` holds the scripts).
 //! - [`memory`], [`redis`]: the two backends.
 //!
 //! The flight runs in its own task, so a waiter whose client goes away cancels
@@ -21,33 +23,30 @@
 //! trouble never fails a request: the flight then calls the upstream itself.
 
 pub mod entry;
+mod flight;
 pub mod key;
+mod lua;
 pub mod memory;
 pub mod redis;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::config::{CacheBackend, Config, ConfigError};
 use crate::error::GatewayError;
 use crate::metrics::CacheResult;
 pub use entry::{Answer, Entry, Lifetime, now_ms};
-use key::BuildDigestHasher;
+use flight::Flights;
 pub use key::{CacheKey, KeyHash, UploadId};
 use memory::MemoryStore;
-use redis::{Acquire, Poll, RedisStore, Unavailable};
+use redis::{RedisStore, Unavailable};
 
 /// How long the gateway waits at start for a first Redis connection (when Redis is
 /// reachable this takes a millisecond; when not, the gateway starts anyway).
 const REDIS_WARM_UP: Duration = Duration::from_secs(1);
-/// Polling a remote flight: first interval, growth up to this.
-const POLL_FIRST: Duration = Duration::from_millis(5);
-const POLL_MAX: Duration = Duration::from_millis(50);
 
 /// Where an answer came from: the `X-Cache` header and the access log's `cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,18 +95,6 @@ pub struct Lookup {
     /// way (the answer then came from the upstream), else after `source`.
     pub metric: CacheResult,
 }
-
-/// What a flight ended with, shared by everyone waiting on it.
-#[derive(Debug)]
-struct Done {
-    reply: Result<Reply, GatewayError>,
-    /// How the flight's leader got it: `Miss` when this replica called the upstream.
-    source: Source,
-    redis_failed: bool,
-}
-
-type Slot = watch::Receiver<Option<Arc<Done>>>;
-type Flights = Arc<Mutex<HashMap<KeyHash, Slot, BuildDigestHasher>>>;
 
 #[derive(Clone)]
 enum Backend {
@@ -234,7 +221,7 @@ impl RenewCache {
                     }
                     let (tx, rx) = watch::channel(None);
                     flights.insert(key.hash, rx.clone());
-                    self.spawn_flight(key, fetch(), tx);
+                    flight::spawn(self, key, fetch(), tx);
                     (rx, true)
                 }
             }
@@ -275,29 +262,6 @@ impl RenewCache {
         }
     }
 
-    fn spawn_flight<Fut>(&self, key: CacheKey, fetch: Fut, tx: watch::Sender<Option<Arc<Done>>>)
-    where
-        Fut: Future<Output = Result<Answer, GatewayError>> + Send + 'static,
-    {
-        let backend = self.backend.clone();
-        let lifetime = self.lifetime;
-        let bound = self.flight_bound;
-        let leaving = Leaving {
-            flights: self.flights.clone(),
-            key: key.hash,
-        };
-        tokio::spawn(async move {
-            let done = match backend {
-                Backend::Memory(m) => fly_memory(&m, &key, fetch, lifetime).await,
-                Backend::Redis(r) => fly_redis(&r, &key, fetch, lifetime, bound).await,
-            };
-            // Leave the table only now that the entry (if any) is stored: a request
-            // arriving in between finds either the flight or the entry.
-            drop(leaving);
-            let _ = tx.send(Some(Arc::new(done)));
-        });
-    }
-
     /// Drops every cached renew answer of one upload (all users, traffic_limits
     /// and credentials), in memory or in Redis, and keeps answers still in flight
     /// from being stored afterwards. For confirm and cancel. Returns how many
@@ -323,138 +287,6 @@ fn hit(entry: Entry) -> Lookup {
         source: Source::Hit,
         metric: CacheResult::Hit,
     }
-}
-
-/// Removes a flight from the table when its task ends, panics included.
-struct Leaving {
-    flights: Flights,
-    key: KeyHash,
-}
-
-impl Drop for Leaving {
-    fn drop(&mut self) {
-        self.flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
-    }
-}
-
-async fn fly_memory(
-    store: &MemoryStore,
-    key: &CacheKey,
-    fetch: impl Future<Output = Result<Answer, GatewayError>>,
-    lifetime: Lifetime,
-) -> Done {
-    let result = fetch.await;
-    if let Ok(answer) = &result {
-        let now = now_ms();
-        if let Some(entry) = lifetime.entry_for(answer, now) {
-            store.insert(key, entry, now);
-        }
-    }
-    Done {
-        reply: result.map(|a| Reply::Fetched(Arc::new(a))),
-        source: Source::Miss,
-        redis_failed: false,
-    }
-}
-
-/// What the Redis lock protocol decided for this replica's flight.
-enum Plan {
-    /// Answered without calling the upstream.
-    Done(Done),
-    /// The lock is ours.
-    Lead,
-    /// Redis failed, or the holder outlived every bound: call the upstream
-    /// without the lock.
-    Alone { redis_failed: bool },
-}
-
-async fn fly_redis(
-    store: &RedisStore,
-    key: &CacheKey,
-    fetch: impl Future<Output = Result<Answer, GatewayError>>,
-    lifetime: Lifetime,
-    bound: Duration,
-) -> Done {
-    let flight = flight_id();
-    let redis_failed = match negotiate(store, key, &flight, bound).await {
-        Plan::Done(done) => return done,
-        Plan::Lead => false,
-        Plan::Alone { redis_failed } => redis_failed,
-    };
-    let result = fetch.await;
-    let now = now_ms();
-    let published = match result
-        .as_ref()
-        .ok()
-        .and_then(|a| lifetime.entry_for(a, now))
-    {
-        Some(entry) => store.store(key, &flight, &entry).await.map(|_| ()),
-        None => store.finish(key, &flight, &result).await,
-    };
-    Done {
-        reply: result.map(|a| Reply::Fetched(Arc::new(a))),
-        source: Source::Miss,
-        redis_failed: redis_failed || published.is_err(),
-    }
-}
-
-async fn negotiate(store: &RedisStore, key: &CacheKey, flight: &str, bound: Duration) -> Plan {
-    let deadline = Instant::now() + bound;
-    loop {
-        let holder = match store.acquire(key, flight).await {
-            Err(Unavailable) => return Plan::Alone { redis_failed: true },
-            Ok(Acquire::Leader) => return Plan::Lead,
-            Ok(Acquire::Hit(entry)) => {
-                return Plan::Done(Done {
-                    reply: Ok(Reply::Cached(entry)),
-                    source: Source::Hit,
-                    redis_failed: false,
-                });
-            }
-            Ok(Acquire::Held(holder)) => holder,
-        };
-        let mut interval = POLL_FIRST;
-        loop {
-            if Instant::now() + interval > deadline {
-                return Plan::Alone {
-                    redis_failed: false,
-                };
-            }
-            tokio::time::sleep(interval).await;
-            interval = (interval * 3 / 2).min(POLL_MAX);
-            let reply = match store.poll(key, &holder).await {
-                Err(Unavailable) => return Plan::Alone { redis_failed: true },
-                Ok(Poll::Waiting) => continue,
-                Ok(Poll::Gone) => break,
-                Ok(Poll::Hit(entry)) => Ok(Reply::Cached(entry)),
-                Ok(Poll::Result(entry::Published::Answer(a))) => Ok(Reply::Fetched(Arc::new(a))),
-                Ok(Poll::Result(entry::Published::Error(e))) => Err(e),
-            };
-            return Plan::Done(Done {
-                reply,
-                source: Source::Coalesced,
-                redis_failed: false,
-            });
-        }
-    }
-}
-
-/// A random id for one flight: the lock's value, and the name of its result.
-fn flight_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: the process id, the time and a counter are still
-        // unique enough for a lock that lives seconds.
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        bytes[..8].copy_from_slice(&(now_ms() ^ u64::from(std::process::id())).to_le_bytes());
-        bytes[8..].copy_from_slice(&n.to_le_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -629,11 +461,5 @@ mod tests {
             0,
             "the upload is gone: its answers are not kept"
         );
-    }
-
-    #[test]
-    fn flight_ids_are_unique() {
-        assert_ne!(flight_id(), flight_id());
-        assert_eq!(flight_id().len(), 32);
     }
 }
