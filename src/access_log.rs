@@ -3,7 +3,7 @@
 //! thread writes the buffer out every [`FLUSH_EVERY`] (or sooner when it fills).
 //! So a busy gateway makes a few writes a second instead of one per request, and
 //! request threads never wait on stdout or wake another thread per line. When
-//! stdout cannot keep up and the buffer reaches [`MAX_BUFFERED`], lines are dropped
+//! stdout cannot keep up and the buffer reaches `MAX_BUFFERED`, lines are dropped
 //! and counted rather than stalling requests.
 //!
 //! A record holds no path and no query: the route name stands for them, so no
