@@ -259,13 +259,19 @@ impl Metrics {
             ));
         }
 
-        for reason in AuthFailure::ALL.map(AuthFailure::as_str).into_iter().chain(["missing"]) {
+        for reason in AuthFailure::ALL
+            .map(AuthFailure::as_str)
+            .into_iter()
+            .chain(["missing"])
+        {
             auth_failures.with_label_values(&[reason]);
         }
         // A series' first sample is Prometheus's baseline for rate(): create the
         // common ones now, so that the first 502 after a restart is not lost.
         for route in RouteName::ALL {
-            for status in ["200", "400", "403", "404", "413", "414", "431", "502", "503", "504"] {
+            for status in [
+                "200", "400", "403", "404", "413", "414", "431", "502", "503", "504",
+            ] {
                 requests.with_label_values(&[route.as_str(), status]);
             }
         }
