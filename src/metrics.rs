@@ -86,9 +86,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     auth_failures: IntCounterVec,
     policy_refusals: IntCounterVec,
-    clamped: IntCounterVec,
     upstream_errors: IntCounterVec,
-    cache_requests: IntCounterVec,
     cache_entries: IntGauge,
     renewals: IntCounterVec,
     traffic_limit_granted: HistogramVec,
@@ -98,6 +96,13 @@ pub struct Metrics {
     access_log_dropped: IntCounter,
     /// Route-labelled children resolved once: the hot path skips the label lookup.
     request_duration_by_route: [Histogram; RouteName::ALL.len()],
+    /// The children the hot path touches on every request, resolved once: a label
+    /// lookup hashes the values and takes a lock.
+    requests_by_route: [Vec<(u16, IntCounter)>; RouteName::ALL.len()],
+    cache_by_result: [IntCounter; CacheResult::ALL.len()],
+    clamped_up: IntCounter,
+    clamped_down: IntCounter,
+    by_library: std::collections::HashMap<String, (IntCounter, Histogram)>,
     upstream_duration_by_route: [Histogram; RouteName::ALL.len()],
 }
 
@@ -268,13 +273,17 @@ impl Metrics {
         }
         // A series' first sample is Prometheus's baseline for rate(): create the
         // common ones now, so that the first 502 after a restart is not lost.
-        for route in RouteName::ALL {
-            for status in [
-                "200", "400", "403", "404", "413", "414", "431", "502", "503", "504",
-            ] {
-                requests.with_label_values(&[route.as_str(), status]);
-            }
-        }
+        const COMMON_STATUSES: [u16; 10] = [200, 400, 403, 404, 413, 414, 431, 502, 503, 504];
+        let requests_by_route = RouteName::ALL.map(|route| {
+            COMMON_STATUSES
+                .iter()
+                .map(|&status| {
+                    let digits = itoa_status(status);
+                    let label = std::str::from_utf8(&digits).unwrap_or("0");
+                    (status, requests.with_label_values(&[route.as_str(), label]))
+                })
+                .collect::<Vec<_>>()
+        });
         for r in POLICY_REASONS {
             policy_refusals.with_label_values(&[r]);
         }
@@ -290,22 +299,37 @@ impl Metrics {
         for r in ["success", "failure"] {
             config_reloads.with_label_values(&[r]);
         }
-        for lib in libraries.iter().map(String::as_str).chain([OTHER_LIBRARY]) {
-            renewals.with_label_values(&[lib]);
-            traffic_limit_granted.with_label_values(&[lib]);
-        }
+        let by_library = libraries
+            .iter()
+            .map(String::as_str)
+            .chain([OTHER_LIBRARY])
+            .map(|lib| {
+                let children = (
+                    renewals.with_label_values(&[lib]),
+                    traffic_limit_granted.with_label_values(&[lib]),
+                );
+                (lib.to_string(), children)
+            })
+            .collect();
+        let cache_by_result =
+            CacheResult::ALL.map(|r| cache_requests.with_label_values(&[r.as_str()]));
+        let clamped_up = clamped.with_label_values(&["up"]);
+        let clamped_down = clamped.with_label_values(&["down"]);
         let by_route =
             |h: &HistogramVec| RouteName::ALL.map(|r| h.with_label_values(&[r.as_str()]));
         Metrics {
+            requests_by_route,
+            cache_by_result,
+            clamped_up,
+            clamped_down,
+            by_library,
             request_duration_by_route: by_route(&request_duration),
             upstream_duration_by_route: by_route(&upstream_duration),
             registry,
             requests,
             auth_failures,
             policy_refusals,
-            clamped,
             upstream_errors,
-            cache_requests,
             cache_entries,
             renewals,
             traffic_limit_granted,
@@ -318,11 +342,19 @@ impl Metrics {
 
     /// One request, answered.
     pub fn request(&self, route: RouteName, status: u16, elapsed: Duration) {
-        let buf = itoa_status(status);
-        let status = std::str::from_utf8(&buf).unwrap_or("0");
-        self.requests
-            .with_label_values(&[route.as_str(), status])
-            .inc();
+        match self.requests_by_route[route as usize]
+            .iter()
+            .find(|(s, _)| *s == status)
+        {
+            Some((_, counter)) => counter.inc(),
+            None => {
+                let buf = itoa_status(status);
+                let label = std::str::from_utf8(&buf).unwrap_or("0");
+                self.requests
+                    .with_label_values(&[route.as_str(), label])
+                    .inc();
+            }
+        }
         self.request_duration_by_route[route as usize].observe(elapsed.as_secs_f64());
     }
 
@@ -365,26 +397,34 @@ impl Metrics {
 
     pub fn clamp(&self, clamp: Clamp) {
         match clamp {
-            Clamp::Up => self.clamped.with_label_values(&["up"]).inc(),
-            Clamp::Down => self.clamped.with_label_values(&["down"]).inc(),
+            Clamp::Up => self.clamped_up.inc(),
+            Clamp::Down => self.clamped_down.inc(),
             Clamp::Unchanged => {}
         }
     }
 
     /// A renew answered 2xx, and the traffic_limit it was granted (if any).
     pub fn renewal(&self, library: &str, traffic_limit: Option<u64>) {
-        self.renewals.with_label_values(&[library]).inc();
+        // Libraries added by a reload are not pre-resolved: label lookup then.
+        let resolved;
+        let (renewals, granted) = match self.by_library.get(library) {
+            Some((r, g)) => (r, g),
+            None => {
+                resolved = (
+                    self.renewals.with_label_values(&[library]),
+                    self.traffic_limit_granted.with_label_values(&[library]),
+                );
+                (&resolved.0, &resolved.1)
+            }
+        };
+        renewals.inc();
         if let Some(tl) = traffic_limit {
-            self.traffic_limit_granted
-                .with_label_values(&[library])
-                .observe(tl as f64);
+            granted.observe(tl as f64);
         }
     }
 
     pub fn cache(&self, result: CacheResult) {
-        self.cache_requests
-            .with_label_values(&[result.as_str()])
-            .inc();
+        self.cache_by_result[result as usize].inc();
     }
 
     pub fn set_cache_entries(&self, n: usize) {
