@@ -84,6 +84,8 @@ pub enum GatewayError {
     /// `user_id` passed by a token that may not act as another user.
     UserIdNotAllowed,
     RequestEntityTooLarge,
+    /// The body did not arrive within `server.header_read_timeout` (SMH's own 408).
+    ReadRequestTimeout,
     UriTooLong,
     HeaderFieldsTooLarge,
     RateLimitExceeded {
@@ -151,6 +153,11 @@ impl GatewayError {
                 "RequestEntityTooLarge",
                 "request body too large",
             ),
+            E::ReadRequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "ReadRequestTimeout",
+                "request body did not arrive in time",
+            ),
             E::UriTooLong => (
                 StatusCode::URI_TOO_LONG,
                 "URITooLong",
@@ -213,6 +220,7 @@ impl GatewayError {
             E::NoPermission => "no_permission",
             E::UserIdNotAllowed => "user_id_not_allowed",
             E::RequestEntityTooLarge => "body_too_large",
+            E::ReadRequestTimeout => "body_timeout",
             E::UriTooLong => "uri_too_long",
             E::HeaderFieldsTooLarge => "headers_too_large",
             E::RateLimitExceeded { .. } => "rate_limited",
@@ -304,6 +312,7 @@ mod tests {
                 502,
                 "UpstreamUnavailable",
             ),
+            (GatewayError::ReadRequestTimeout, 408, "ReadRequestTimeout"),
             (GatewayError::ServerOverloaded, 503, "ServerOverloaded"),
             (GatewayError::UpstreamTimeout, 504, "UpstreamTimeout"),
         ];

@@ -388,6 +388,7 @@ impl Metrics {
             E::RouteNotFound
             | E::ParamInvalid(_)
             | E::RequestEntityTooLarge
+            | E::ReadRequestTimeout
             | E::UriTooLong
             | E::HeaderFieldsTooLarge
             | E::RateLimitExceeded { .. }

@@ -465,3 +465,31 @@ async fn idle_connections_are_closed_after_idle_timeout() {
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+#[tokio::test]
+async fn a_trickled_body_is_cut_off_with_408() {
+    use tokio::io::AsyncWriteExt;
+    let gw = start_with(Setup {
+        server: "header_read_timeout = \"300ms\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/file/lib1/-/ck1?renew&access_token={} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
+        token()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+    )
+    .await
+    .expect("answered within 5 s")
+    .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("ReadRequestTimeout"), "{text}");
+    assert_eq!(gw.mock.count(), 0);
+}

@@ -219,6 +219,7 @@ fn error_tag(e: &GatewayError) -> &'static str {
         | E::NoPermission
         | E::UserIdNotAllowed
         | E::RequestEntityTooLarge
+        | E::ReadRequestTimeout
         | E::UriTooLong
         | E::HeaderFieldsTooLarge
         | E::RateLimitExceeded { .. }

@@ -272,7 +272,7 @@ impl Gateway {
         let config = &settings.config;
         let (parts, body) = req.into_parts();
         // SDKs send an empty form body; whatever comes is read (bounded) and dropped.
-        read_request_body(body, config.server.max_body_bytes).await?;
+        read_request_body(body, &config.server).await?;
 
         let token = renew.token.as_ref().ok_or(GatewayError::EmptyAccessToken)?;
         let principal = settings
@@ -403,7 +403,7 @@ impl Gateway {
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let (parts, body) = req.into_parts();
-        let body = read_request_body(body, settings.config.server.max_body_bytes).await?;
+        let body = read_request_body(body, &settings.config.server).await?;
         let target = parts
             .uri
             .path_and_query()
@@ -483,12 +483,20 @@ fn check_limits(config: &Config, req: &Request<Incoming>) -> Result<(), GatewayE
 }
 
 /// Reads a request body, refusing one over `max` bytes (chunked ones included).
-async fn read_request_body(body: Incoming, max: usize) -> Result<Bytes, GatewayError> {
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+/// Reads a request body, refusing one over `server.max_body_bytes` (chunked ones
+/// included) and one that does not arrive within `server.header_read_timeout`: a
+/// client trickling a body must not hold a request slot forever.
+async fn read_request_body(
+    body: Incoming,
+    server: &crate::config::ServerConfig,
+) -> Result<Bytes, GatewayError> {
+    let read = Limited::new(body, server.max_body_bytes).collect();
+    match tokio::time::timeout(server.header_read_timeout, read).await {
+        Err(_) => Err(GatewayError::ReadRequestTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(GatewayError::RequestEntityTooLarge)
         }
-        Err(_) => Err(GatewayError::ParamInvalid("request body could not be read")),
+        Ok(Err(_)) => Err(GatewayError::ParamInvalid("request body could not be read")),
     }
 }
