@@ -490,6 +490,11 @@ async fn read_request_body(
     body: Incoming,
     server: &crate::config::ServerConfig,
 ) -> Result<Bytes, GatewayError> {
+    use hyper::body::Body as _;
+    // The common case (SDKs send no body): no timer, no collecting.
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
     let read = Limited::new(body, server.max_body_bytes).collect();
     match tokio::time::timeout(server.header_read_timeout, read).await {
         Err(_) => Err(GatewayError::ReadRequestTimeout),
