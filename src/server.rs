@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -30,7 +30,7 @@ use crate::cache::RenewCache;
 use crate::config::{Config, ConfigError, ServerConfig, TlsFiles};
 use crate::error::GatewayError;
 use crate::proxy::upstream::Upstream;
-use crate::proxy::{ClientInfo, Gateway, ResponseBody, Settings};
+use crate::proxy::{ClientInfo, Gateway, Settings};
 
 /// A gateway whose config, keys and upstream are ready and whose ports are bound.
 pub struct Server {
@@ -159,6 +159,7 @@ impl Server {
             .min(Semaphore::MAX_PERMITS)
             .min(u32::MAX as usize);
         let connections = Arc::new(Semaphore::new(max_connections));
+        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
         let builder = Arc::new(Protocols::new(&server));
         let proto = if tls.is_some() { "https" } else { "http" };
 
@@ -178,8 +179,13 @@ impl Server {
                 let Ok(permit) = connections.clone().try_acquire_owned() else {
                     // Over the limit: a plaintext client is told why; a TLS one
                     // would need a handshake first, so it is just closed.
-                    if tls.is_none() {
-                        tokio::spawn(refuse_overloaded(stream, server.header_read_timeout));
+                    if tls.is_none()
+                        && let Ok(slot) = refusals.clone().try_acquire_owned()
+                    {
+                        tokio::spawn(async move {
+                            refuse_overloaded(stream).await;
+                            drop(slot);
+                        });
                     }
                     continue;
                 };
@@ -250,6 +256,9 @@ impl Protocols {
             .timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout)
             .max_buf_size(buf)
+            // hyper's default of 100 headers would answer a bare 431 long before
+            // server.max_header_bytes is reached; allow as many as can fit.
+            .max_headers((server.max_header_bytes / 8).max(100))
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
@@ -281,8 +290,13 @@ impl Activity {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// When the connection becomes idle-expired if nothing happens before.
-    fn idle_deadline(&self, idle: Duration) -> Instant {
+    /// When to look again: when the connection becomes idle-expired if nothing
+    /// happens before, or, while a request is in flight, a whole period from now
+    /// (the deadline may be long past then, and must not wake the loop at once).
+    fn next_idle_check(&self, idle: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Instant::now() + idle;
+        }
         self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
     }
 
@@ -358,7 +372,7 @@ impl Conn {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = tokio::time::sleep_until(activity.idle_deadline(self.idle_timeout)), if !closing => {
+                _ = tokio::time::sleep_until(activity.next_idle_check(self.idle_timeout)), if !closing => {
                     if activity.is_idle_for(self.idle_timeout) {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
@@ -369,22 +383,26 @@ impl Conn {
     }
 }
 
-/// Over `server.max_connections`: answer one 503 ServerOverloaded and close.
-async fn refuse_overloaded(stream: TcpStream, timeout: Duration) {
-    let service = service_fn(|_req: Request<Incoming>| async {
-        let resp: Response<ResponseBody> = GatewayError::ServerOverloaded
-            .to_response("-")
-            .map(|b| http_body_util::Either::Left(http_body_util::Full::new(b)));
-        Ok::<_, Infallible>(resp)
-    });
-    let mut http1 = http1::Builder::new();
-    http1.keep_alive(false);
-    let _ = tokio::time::timeout(
-        timeout,
-        http1.serve_connection(TokioIo::new(stream), service),
-    )
-    .await;
+/// Over `server.max_connections`: answer one 503 ServerOverloaded without reading
+/// the request, and close. Bounded in time, and callers bound how many run at once,
+/// so a connection flood cannot hold file descriptors past the limit.
+async fn refuse_overloaded(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = GatewayError::ServerOverloaded.to_response("-").into_body();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
+
+/// Refusals running at once, at most; beyond, connections are just closed.
+const MAX_REFUSALS: usize = 256;
 
 fn tls_acceptor(files: &TlsFiles, config: &Config) -> Result<TlsAcceptor, ConfigError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -425,4 +443,29 @@ fn tls_acceptor(files: &TlsFiles, config: &Config) -> Result<TlsAcceptor, Config
         })?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(tls)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_check_waits_a_whole_period_while_a_request_is_in_flight() {
+        let idle = Duration::from_millis(10);
+        let activity = Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        // Idle for longer than the period, then a slow request comes in.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            activity.next_idle_check(idle) <= Instant::now(),
+            "idle and expired: check now"
+        );
+        let _busy = InFlight::begin(&activity);
+        // Not the deadline in the past, which would wake the loop again at once.
+        assert!(activity.next_idle_check(idle) >= Instant::now() + Duration::from_millis(9));
+        assert!(!activity.is_idle_for(idle));
+    }
 }

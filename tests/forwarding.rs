@@ -493,3 +493,78 @@ async fn a_trickled_body_is_cut_off_with_408() {
     assert!(text.contains("ReadRequestTimeout"), "{text}");
     assert_eq!(gw.mock.count(), 0);
 }
+
+#[tokio::test]
+async fn renew_asks_the_upstream_for_an_uncompressed_answer() {
+    let gw = start().await;
+    let r = gw
+        .request(
+            Method::POST,
+            &format!("/api/v1/file/lib1/-/ck1?renew&access_token={}", token()),
+            &[("accept-encoding", "gzip, br")],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        gw.mock.last().unwrap().headers["accept-encoding"],
+        "identity"
+    );
+}
+
+#[tokio::test]
+async fn renew_look_alikes_are_not_forwarded_unchecked() {
+    let gw = start_with(Setup {
+        rest: "[routes]\nunmatched = \"forward\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    for target in [
+        "/api/v1/file/lib1/-/ck1/?renew&access_token=forged&traffic_limit=999999999999",
+        "/api/v1//file/lib1/-/ck1?renew&access_token=forged",
+        "/API/v1/file/lib1/-/ck1?renew&access_token=forged",
+        "/api/v1/file/lib1/-/a/b?renew&access_token=forged",
+    ] {
+        let r = gw.post(target).await;
+        r.assert_error(400, "ParamInvalid");
+    }
+    assert_eq!(gw.mock.count(), 0);
+    // Logged and counted as renew.
+    assert!(gw.log_lines().iter().all(|l| l["route"] == "renew"));
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_is_logged_as_499() {
+    use tokio::io::AsyncWriteExt;
+    let gw = start().await;
+    gw.mock
+        .set_behaviour(Behaviour::Delay(Duration::from_millis(600)));
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "POST /api/v1/file/lib1/-/ck-gone?renew&access_token={} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        token()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    for _ in 0..100 {
+        if gw.mock.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(s);
+    let lines = gw.wait_log_lines().await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["status"], 499);
+    assert_eq!(lines[0]["reason"], "client_closed");
+}
+
+#[tokio::test]
+async fn more_than_a_hundred_small_headers_are_fine() {
+    let gw = start().await;
+    let names: Vec<String> = (0..150).map(|i| format!("x-h{i}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    // An unknown route: the gateway answers itself, so it must have read them all
+    // (hyper's default would have answered a bare 431 after 100).
+    let r = gw.request(Method::GET, "/nowhere", &headers, b"").await;
+    r.assert_error(404, "RouteNotFound");
+}

@@ -692,10 +692,8 @@ impl Validator<'_> {
         {
             return Err(self.err(
                 "cache.redis_url",
-                format!(
-                    "must be a redis://, rediss:// or unix:// URL, got {:?}",
-                    c.redis_url
-                ),
+                // The URL may carry a password: never echo it.
+                "must be a redis://, rediss:// or unix:// URL",
             ));
         }
         Ok(CacheConfig {

@@ -94,6 +94,55 @@ pub struct Outcome {
     pub cache: Option<Source>,
 }
 
+impl Outcome {
+    const EMPTY: Outcome = Outcome {
+        route: RouteName::Unmatched,
+        upstream_status: None,
+        clamp: Clamp::Unchanged,
+        library: None,
+        traffic_limit: None,
+        cache: None,
+    };
+}
+
+/// A request being handled. If its future is dropped before the answer (the client
+/// went away), this still records it, as 499 (SMH's ClientDisconnected status) in the
+/// access log and metrics, and puts the in-flight gauge back.
+struct Unanswered<'a> {
+    gateway: &'a Gateway,
+    started: Instant,
+    request_id: String,
+    method: http::Method,
+    client: ClientInfo,
+    outcome: Outcome,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let gateway = self.gateway;
+        gateway.metrics.in_flight().dec();
+        if self.answered {
+            return;
+        }
+        const CLIENT_CLOSED: u16 = 499;
+        gateway
+            .metrics
+            .request(self.outcome.route, CLIENT_CLOSED, self.started.elapsed());
+        gateway.access_log.record(AccessRecord {
+            request_id: std::mem::take(&mut self.request_id),
+            method: self.method.clone(),
+            route: self.outcome.route,
+            status: CLIENT_CLOSED,
+            duration: self.started.elapsed(),
+            upstream_status: self.outcome.upstream_status,
+            cache: self.outcome.cache.map(Source::log),
+            client: self.client.addr,
+            reason: Some("client_closed"),
+        });
+    }
+}
+
 /// The shared state of the running gateway.
 pub struct Gateway {
     settings: ArcSwap<Settings>,
@@ -180,19 +229,37 @@ impl Gateway {
             headers::incoming_request_id(req.headers()).unwrap_or_else(|| self.request_ids.next());
         let method = req.method().clone();
         let settings = self.settings.load_full();
-        let mut outcome = Outcome {
-            route: RouteName::Unmatched,
-            upstream_status: None,
-            clamp: Clamp::Unchanged,
-            library: None,
-            traffic_limit: None,
-            cache: None,
-        };
         self.metrics.in_flight().inc();
+        let mut flight = Unanswered {
+            gateway: self,
+            started,
+            request_id,
+            method,
+            client,
+            outcome: Outcome {
+                route: RouteName::Unmatched,
+                upstream_status: None,
+                clamp: Clamp::Unchanged,
+                library: None,
+                traffic_limit: None,
+                cache: None,
+            },
+            answered: false,
+        };
         let result = self
-            .dispatch(&settings, req, client, &request_id, &mut outcome)
+            .dispatch(
+                &settings,
+                req,
+                client,
+                &flight.request_id,
+                &mut flight.outcome,
+            )
             .await;
-        self.metrics.in_flight().dec();
+        flight.answered = true;
+        let request_id = std::mem::take(&mut flight.request_id);
+        let method = flight.method.clone();
+        let outcome = std::mem::replace(&mut flight.outcome, Outcome::EMPTY);
+        drop(flight);
         let (mut resp, reason) = match result {
             Ok(resp) => (resp, None),
             Err(e) => {
@@ -243,7 +310,9 @@ impl Gateway {
             .in_flight
             .try_acquire()
             .map_err(|_| GatewayError::ServerOverloaded)?;
-        let op = route::parse(req.method(), req.uri(), req.headers())?;
+        // route::parse fails only on renew-shaped requests: label those `renew`.
+        let op = route::parse(req.method(), req.uri(), req.headers())
+            .inspect_err(|_| outcome.route = RouteName::Renew)?;
         outcome.route = op.route();
         match op {
             Operation::Renew(renew) => {
@@ -311,6 +380,12 @@ impl Gateway {
                 request_id,
             );
             headers.remove(header::CONTENT_LENGTH);
+            // The answer is parsed (expiration) and shared by coalesced callers who
+            // may not accept a compressed body: ask for it uncompressed.
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
             self.fetch_renew(path_and_query, headers)
         };
 

@@ -3,7 +3,7 @@
 //! credential and user (SPEC §5), and rebuild path and query canonically from the
 //! checked values, so that nothing the gateway did not check reaches SMH.
 
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use percent_encoding::{AsciiSet, utf8_percent_encode};
 
 use crate::config::{Config, ConfigError, CredentialMode, TrafficLimitBounds};
 use crate::error::{AuthFailure, GatewayError};
@@ -85,28 +85,18 @@ impl CredentialSource {
     }
 }
 
-/// Characters escaped in a rebuilt path segment: controls, space, and everything
-/// with a meaning in a URL's path or query.
-const SEGMENT: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'/')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'[')
-    .add(b'\\')
-    .add(b']')
-    .add(b'^')
-    .add(b'`')
-    .add(b'{')
-    .add(b'|')
-    .add(b'}');
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`) is
+/// escaped in a rebuilt path segment or query value. Sub-delimiters such as `;` are
+/// escaped too: some servers read `..;` as `..` (path parameters), and a segment the
+/// gateway checked must reach SMH as one opaque segment.
+const SEGMENT: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
-/// A query value additionally escapes the separators and `+` (read as a space).
-const QUERY_VALUE: &AsciiSet = &SEGMENT.add(b'&').add(b'=').add(b'+').add(b';');
+/// Query values use the same strict set (`+` would read as a space, `&`/`=` split).
+const QUERY_VALUE: &AsciiSet = SEGMENT;
 
 /// The path SMH receives: `upstream.url`'s own path, then the file API path rebuilt
 /// from the decoded, checked segments.
@@ -229,6 +219,12 @@ mod tests {
             "/smh/api/v1/file/lib1/-/c%20k%3F%23"
         );
         assert_eq!(renew_path("", &r), "/api/v1/file/lib1/-/c%20k%3F%23");
+        let r = RenewRequest {
+            confirm_key: "..;x=1".into(),
+            ..r
+        };
+        // `;` is escaped: a server reading path parameters must not see `..`.
+        assert_eq!(renew_path("", &r), "/api/v1/file/lib1/-/..%3Bx%3D1");
     }
 
     fn principal(user: Option<&str>, credential: Option<&str>) -> Principal {

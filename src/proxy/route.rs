@@ -94,17 +94,49 @@ pub struct RenewRequest {
 
 /// Parses a request head into an [`Operation`], or a 400 for bad syntax on a route
 /// the gateway knows. An unknown route is `Ok(Operation::Unmatched)`, never an error.
+///
+/// Every `Err` this returns is about a renew (the only route with syntax checks so
+/// far), so callers may label it `renew`.
 pub fn parse(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Operation, GatewayError> {
-    let Some(rest) = uri.path().strip_prefix(FILE_PREFIX) else {
+    let path = uri.path();
+    let Some(rest) = path.strip_prefix(FILE_PREFIX) else {
+        if method == Method::POST
+            && looks_like_file_api(path)
+            && Query::parse(uri.query().unwrap_or("")).has("renew")
+        {
+            return Err(NOT_CANONICAL);
+        }
         return Ok(Operation::Unmatched);
     };
     let segments: Vec<&str> = rest.split('/').collect();
     let query = Query::parse(uri.query().unwrap_or(""));
 
-    if method == Method::POST && segments.len() == 3 && query.has("renew") {
+    if method == Method::POST && query.has("renew") {
+        if segments.len() != 3 {
+            // A renew that is not in the one shape checked here (a trailing `/`, a
+            // deeper path) must not slip past the checks as an "unknown" request,
+            // which `unmatched = "forward"` would pass on unchecked.
+            return Err(NOT_CANONICAL);
+        }
         return parse_renew(&segments, &query, headers).map(Operation::Renew);
     }
     Ok(Operation::Unmatched)
+}
+
+const NOT_CANONICAL: GatewayError = GatewayError::ParamInvalid(
+    "renew must be POST /api/v1/file/{LibraryId}/{SpaceId}/{ConfirmKey}?renew",
+);
+
+/// The file API prefix up to case, doubled slashes or dot segments: what a lenient
+/// upstream might still route to the file API.
+fn looks_like_file_api(path: &str) -> bool {
+    let parts: Vec<String> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .take(3)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    parts == ["api", "v1", "file"]
 }
 
 fn parse_renew(
@@ -356,13 +388,26 @@ mod tests {
     }
 
     #[test]
+    fn renew_look_alikes_are_refused_not_unmatched() {
+        for t in [
+            "/api/v1/file/lib1/-/a/b?renew",
+            "/api/v1/file/lib1/-?renew",
+            "/api/v1/file/lib1/-/ck/?renew",
+            "/api/v1//file/lib1/-/ck?renew",
+            "/API/v1/file/lib1/-/ck?renew",
+            "//api/v1/file/lib1/-/ck?renew=1",
+        ] {
+            assert_eq!(rejected(t).code(), "ParamInvalid", "{t}");
+        }
+    }
+
+    #[test]
     fn other_requests_are_unmatched() {
         for (m, t) in [
             (Method::GET, "/api/v1/file/lib1/-/ck?renew"),
             (Method::POST, "/api/v1/file/lib1/-/ck?confirm"),
-            (Method::POST, "/api/v1/file/lib1/-/a/b?renew"),
+            (Method::POST, "/api/v1/file/lib1/-/a/b?multipart"),
             (Method::POST, "/api/v1/token?renew"),
-            (Method::POST, "/api/v1/file/lib1/-?renew"),
             (Method::POST, "/"),
         ] {
             assert_eq!(parse_str(m.clone(), t), Ok(Operation::Unmatched), "{m} {t}");

@@ -194,6 +194,23 @@ impl TestGateway {
         out
     }
 
+    /// Waits (without blocking the runtime the gateway runs on) until at least one
+    /// access-log line is there, up to 5 s, then returns every line written so far.
+    pub async fn wait_log_lines(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for _ in 0..500 {
+            if let Ok(line) = self.logs.try_recv() {
+                out.push(serde_json::from_str(&line).unwrap());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        while let Ok(line) = self.logs.try_recv() {
+            out.push(serde_json::from_str(&line).unwrap());
+        }
+        out
+    }
+
     /// Stops the gateway and waits for its drain to finish.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
