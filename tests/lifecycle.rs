@@ -21,6 +21,17 @@ async fn post(addr: std::net::SocketAddr, target: &str) -> Resp {
     .await
 }
 
+/// GET from a gateway's address (the admin listener, here).
+async fn get(addr: std::net::SocketAddr, target: &str) -> Resp {
+    send(
+        Method::GET,
+        &format!("http://{addr}{target}"),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await
+}
+
 const ENV_SECRET: &str = "an-env-secret-that-is-32-bytes-or-more";
 
 fn write_config(dir: &std::path::Path, upstream: &str, setup: &Setup) -> std::path::PathBuf {
@@ -176,13 +187,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let dir = temp_dir("drain");
     let path = write_config(&dir, &mock.url(), &Setup::default());
     let mut gw = BinGateway::spawn(&path, &[]);
-    let ready = send(
-        Method::GET,
-        &format!("http://{}/readyz", gw.admin),
-        &[],
-        bytes::Bytes::new(),
-    )
-    .await;
+    let ready = get(gw.admin, "/readyz").await;
     assert_eq!(ready.status, 200);
 
     let url = format!(
@@ -203,13 +208,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Draining: not ready, and no new connections on the main port.
-    let ready = send(
-        Method::GET,
-        &format!("http://{}/readyz", gw.admin),
-        &[],
-        bytes::Bytes::new(),
-    )
-    .await;
+    let ready = get(gw.admin, "/readyz").await;
     assert_eq!(ready.status, 503);
     assert!(
         tokio::net::TcpStream::connect(gw.addr).await.is_err(),

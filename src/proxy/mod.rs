@@ -95,6 +95,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Before any phase has run.
     const EMPTY: Outcome = Outcome {
         route: RouteName::Unmatched,
         upstream_status: None,
@@ -236,14 +237,7 @@ impl Gateway {
             request_id,
             method,
             client,
-            outcome: Outcome {
-                route: RouteName::Unmatched,
-                upstream_status: None,
-                clamp: Clamp::Unchanged,
-                library: None,
-                traffic_limit: None,
-                cache: None,
-            },
+            outcome: Outcome::EMPTY,
             answered: false,
         };
         let result = self
