@@ -568,3 +568,42 @@ async fn more_than_a_hundred_small_headers_are_fine() {
     let r = gw.request(Method::GET, "/nowhere", &headers, b"").await;
     r.assert_error(404, "RouteNotFound");
 }
+
+#[tokio::test]
+async fn a_forwarded_body_that_stalls_is_cut_after_upstream_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that sends its head and 3 of 100 body bytes, then goes quiet.
+    let stalling = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_url = format!("http://{}", stalling.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = stalling.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let gw = start_with(Setup {
+        upstream_url: Some(upstream_url),
+        upstream: "timeout = \"300ms\"".into(),
+        rest: "[routes]\nunmatched = \"forward\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let out = raw(
+        gw.addr,
+        b"GET /api/v1/file/lib1/-/a.jpg HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("abc"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the stalled body was not cut"
+    );
+}

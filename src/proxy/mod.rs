@@ -49,7 +49,7 @@ pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// What the gateway answers with: a buffered body (its own errors, renew answers)
 /// or the upstream's body streamed through (forwarded routes).
-pub type ResponseBody = Either<Full<Bytes>, Incoming>;
+pub type ResponseBody = Either<Full<Bytes>, upstream::StreamedBody>;
 
 /// Everything derived from one config file, swapped as a whole on reload so that a
 /// request sees one consistent version from start to end.
@@ -504,6 +504,7 @@ impl Gateway {
         outcome.upstream_status = Some(resp.status().as_u16());
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
+        let body = upstream::StreamedBody::new(body, self.upstream.timeout());
         Ok(Response::from_parts(parts, Either::Right(body)))
     }
 }

@@ -83,6 +83,11 @@ impl Upstream {
         })
     }
 
+    /// `upstream.timeout`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// `upstream.url`'s own path, which request paths are appended to.
     pub fn base_path(&self) -> &str {
         &self.base_path
@@ -176,4 +181,68 @@ fn tls_config(cfg: &UpstreamConfig, file: &Path) -> Result<rustls::ClientConfig,
         .map_err(|e| err(format!("TLS setup failed: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// An upstream body streamed through to the client, failing when the upstream goes
+/// quiet for longer than `upstream.timeout` between two frames: a stalled upstream
+/// must not hold a client connection and a request slot forever.
+pub struct StreamedBody {
+    inner: Incoming,
+    idle: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl StreamedBody {
+    pub fn new(inner: Incoming, idle: Duration) -> StreamedBody {
+        StreamedBody {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+/// The upstream stopped sending a body midway.
+#[derive(Debug)]
+pub struct BodyStalled;
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream body stalled longer than upstream.timeout")
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+impl hyper::body::Body for StreamedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
