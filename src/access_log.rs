@@ -116,7 +116,6 @@ pub struct AccessLog {
 
 #[derive(Clone)]
 enum Sink {
-    Disabled,
     Buffered(Arc<Shared>),
     Channel(SyncSender<String>),
 }
@@ -158,17 +157,8 @@ impl AccessLog {
         (log, rx)
     }
 
-    /// No access log at all.
-    pub fn disabled() -> AccessLog {
-        AccessLog {
-            sink: Sink::Disabled,
-            dropped: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
     pub fn record(&self, record: AccessRecord) {
         match &self.sink {
-            Sink::Disabled => {}
             Sink::Channel(tx) => {
                 if let Err(TrySendError::Full(_)) = tx.try_send(record.to_json()) {
                     self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -127,15 +127,16 @@ impl Drop for Unanswered<'_> {
             return;
         }
         const CLIENT_CLOSED: u16 = 499;
+        let elapsed = self.started.elapsed();
         gateway
             .metrics
-            .request(self.outcome.route, CLIENT_CLOSED, self.started.elapsed());
+            .request(self.outcome.route, CLIENT_CLOSED, elapsed);
         gateway.access_log.record(AccessRecord {
             request_id: std::mem::take(&mut self.request_id),
             method: self.method.clone(),
             route: self.outcome.route,
             status: CLIENT_CLOSED,
-            duration: self.started.elapsed(),
+            duration: elapsed,
             upstream_status: self.outcome.upstream_status,
             cache: self.outcome.cache.map(Source::log),
             client: self.client.addr,
@@ -265,8 +266,8 @@ impl Gateway {
             }
         };
         let status = resp.status().as_u16();
-        self.metrics
-            .request(outcome.route, status, started.elapsed());
+        let elapsed = started.elapsed();
+        self.metrics.request(outcome.route, status, elapsed);
         if outcome.route == RouteName::Renew && (200..300).contains(&status) {
             let library = outcome.library.as_deref().unwrap_or_default();
             self.metrics.renewal(
@@ -282,7 +283,7 @@ impl Gateway {
             method,
             route: outcome.route,
             status,
-            duration: started.elapsed(),
+            duration: elapsed,
             upstream_status: outcome.upstream_status,
             cache: outcome.cache.map(Source::log),
             client: client.addr,
