@@ -16,10 +16,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use http::Method;
 use serde::Serialize;
-
-use crate::proxy::route::RouteName;
 
 /// How often buffered lines are written out.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -28,12 +25,33 @@ const FLUSH_AT: usize = 256 * 1024;
 /// Buffered bytes beyond which lines are dropped (stdout is stuck).
 const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 
+/// The access log's `method`: the request's when it is a standard one, else
+/// `OTHER` (a method token can be of any length).
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::OPTIONS => "OPTIONS",
+        M::TRACE => "TRACE",
+        M::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
 /// What one request did.
 #[derive(Debug, Clone)]
 pub struct AccessRecord {
     pub request_id: String,
-    pub method: Method,
-    pub route: RouteName,
+    /// A method from a bounded set (`OTHER` for any other): never request text of
+    /// unbounded length.
+    pub method: &'static str,
+    /// The route table row's name, or `unmatched`.
+    pub route: Arc<str>,
     pub status: u16,
     pub duration: Duration,
     pub upstream_status: Option<u16>,
@@ -47,7 +65,7 @@ struct Line<'a> {
     ts: String,
     request_id: &'a str,
     method: &'a str,
-    route: &'static str,
+    route: &'a str,
     status: u16,
     duration_ms: f64,
     upstream_status: Option<u16>,
@@ -66,8 +84,8 @@ impl AccessRecord {
         Line {
             ts: now_rfc3339(),
             request_id: &self.request_id,
-            method: self.method.as_str(),
-            route: self.route.as_str(),
+            method: self.method,
+            route: &self.route,
             status: self.status,
             duration_ms: (self.duration.as_secs_f64() * 1e6).round() / 1e3,
             upstream_status: self.upstream_status,
@@ -237,8 +255,8 @@ mod tests {
     fn line_has_the_spec_fields() {
         let rec = AccessRecord {
             request_id: "r-1".into(),
-            method: Method::POST,
-            route: RouteName::Renew,
+            method: "POST",
+            route: Arc::from("renew"),
             status: 403,
             duration: Duration::from_micros(1234),
             upstream_status: None,

@@ -63,6 +63,11 @@ pub enum UpstreamFailure {
     Invalid,
 }
 
+/// 499, SMH's status for a client that went away (not in `http`'s constants).
+pub fn client_closed_status() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
 /// An error the gateway answers itself. Upstream answers, errors included, are not
 /// `GatewayError`s: they are passed through unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +91,9 @@ pub enum GatewayError {
     RequestEntityTooLarge,
     /// The body did not arrive within `server.header_read_timeout` (SMH's own 408).
     ReadRequestTimeout,
+    /// The client went away before its request was read or answered (SMH's 499
+    /// ClientDisconnected: only the log and the metrics see it).
+    ClientClosed,
     UriTooLong,
     HeaderFieldsTooLarge,
     RateLimitExceeded {
@@ -96,139 +104,222 @@ pub enum GatewayError {
     UpstreamTimeout,
 }
 
+/// What a refusal counts as in the metrics: the label set it adds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// `smh_gateway_auth_failures_total{reason}`.
+    Auth(&'static str),
+    /// `smh_gateway_policy_refusals_total{reason}`.
+    Policy(&'static str),
+    /// `smh_gateway_upstream_errors_total{kind}`.
+    Upstream(&'static str),
+    /// Only in `requests_total` (by status).
+    Request,
+}
+
+/// Everything a client, the metrics and the access log see of an error: decided
+/// together, in [`GatewayError::class`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Class {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: &'static str,
+    /// The access log's `reason`: a bounded, operator-actionable word.
+    pub reason: &'static str,
+    pub counted: Counted,
+}
+
+const fn class(
+    status: StatusCode,
+    code: &'static str,
+    message: &'static str,
+    reason: &'static str,
+    counted: Counted,
+) -> Class {
+    Class {
+        status,
+        code,
+        message,
+        reason,
+        counted,
+    }
+}
+
 impl GatewayError {
-    /// Status, SMH code and message: the only place these are chosen.
-    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+    /// Status, SMH code, message, log reason and metric: the only place these are
+    /// chosen.
+    pub fn class(&self) -> Class {
+        use Counted::*;
         use GatewayError as E;
+        use StatusCode as S;
         match self {
-            E::RouteNotFound => (StatusCode::NOT_FOUND, "RouteNotFound", "no such route"),
-            E::ParamInvalid(detail) => (StatusCode::BAD_REQUEST, "ParamInvalid", detail),
-            E::EmptyAccessToken => (
-                StatusCode::BAD_REQUEST,
+            E::RouteNotFound => class(
+                S::NOT_FOUND,
+                "RouteNotFound",
+                "no such route",
+                "route_not_found",
+                Request,
+            ),
+            E::ParamInvalid(detail) => class(
+                S::BAD_REQUEST,
+                "ParamInvalid",
+                detail,
+                "param_invalid",
+                Request,
+            ),
+            E::EmptyAccessToken => class(
+                S::BAD_REQUEST,
                 "EmptyAccessToken",
                 "access_token is required",
+                "missing",
+                Auth("missing"),
             ),
-            E::InvalidAccessToken(_) => (
-                StatusCode::FORBIDDEN,
+            E::InvalidAccessToken(failure) => class(
+                S::FORBIDDEN,
                 "InvalidAccessToken",
                 "access token is invalid or expired",
+                failure.as_str(),
+                Auth(failure.as_str()),
             ),
-            E::LibraryNotFound => (
-                StatusCode::NOT_FOUND,
+            E::LibraryNotFound => class(
+                S::NOT_FOUND,
                 "LibraryNotFound",
                 "library not found",
+                "library_not_found",
+                Policy("library_not_found"),
             ),
-            E::AccessTokenNotMatchLibrary => (
-                StatusCode::FORBIDDEN,
+            E::AccessTokenNotMatchLibrary => class(
+                S::FORBIDDEN,
                 "AccessTokenNotMatchLibrary",
                 "access token does not match the library",
+                "library_mismatch",
+                Policy("library_mismatch"),
             ),
-            E::NotMultiSpaceLibrary => (
-                StatusCode::BAD_REQUEST,
+            E::NotMultiSpaceLibrary => class(
+                S::BAD_REQUEST,
                 "NotMultiSpaceLibrary",
                 "library is single-tenant: use - as the space id",
+                "not_multi_space_library",
+                Policy("not_multi_space_library"),
             ),
-            E::EmptySpaceId => (
-                StatusCode::BAD_REQUEST,
+            E::EmptySpaceId => class(
+                S::BAD_REQUEST,
                 "EmptySpaceId",
                 "library is multi-tenant: a space id is required",
+                "empty_space_id",
+                Policy("empty_space_id"),
             ),
-            E::AccessTokenNotMatchSpace => (
-                StatusCode::FORBIDDEN,
+            E::AccessTokenNotMatchSpace => class(
+                S::FORBIDDEN,
                 "AccessTokenNotMatchSpace",
                 "access token does not cover the space",
+                "space_mismatch",
+                Policy("space_mismatch"),
             ),
-            E::NoPermission => (
-                StatusCode::FORBIDDEN,
+            E::NoPermission => class(
+                S::FORBIDDEN,
                 "NoPermission",
                 "access token lacks the permission for this operation",
+                "no_permission",
+                Policy("no_permission"),
             ),
-            E::UserIdNotAllowed => (
-                StatusCode::FORBIDDEN,
+            E::UserIdNotAllowed => class(
+                S::FORBIDDEN,
                 "NoPermission",
                 "user_id is allowed only for an admin token without a user",
+                "user_id_not_allowed",
+                Policy("user_id_not_allowed"),
             ),
-            E::RequestEntityTooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
+            E::RequestEntityTooLarge => class(
+                S::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
                 "request body too large",
+                "body_too_large",
+                Request,
             ),
-            E::ReadRequestTimeout => (
-                StatusCode::REQUEST_TIMEOUT,
+            E::ReadRequestTimeout => class(
+                S::REQUEST_TIMEOUT,
                 "ReadRequestTimeout",
                 "request body did not arrive in time",
+                "body_timeout",
+                Request,
             ),
-            E::UriTooLong => (
-                StatusCode::URI_TOO_LONG,
+            E::ClientClosed => class(
+                client_closed_status(),
+                "ClientDisconnected",
+                "the client closed the connection",
+                "client_closed",
+                Request,
+            ),
+            E::UriTooLong => class(
+                S::URI_TOO_LONG,
                 "URITooLong",
                 "request target too long",
+                "uri_too_long",
+                Request,
             ),
-            E::HeaderFieldsTooLarge => (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            E::HeaderFieldsTooLarge => class(
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "HeaderFieldsTooLarge",
                 "request headers too large",
+                "headers_too_large",
+                Request,
             ),
-            E::RateLimitExceeded { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
+            E::RateLimitExceeded { .. } => class(
+                S::TOO_MANY_REQUESTS,
                 "RateLimitExceeded",
                 "rate limit exceeded",
+                "rate_limited",
+                Request,
             ),
-            E::UpstreamUnavailable(UpstreamFailure::Connect) => (
-                StatusCode::BAD_GATEWAY,
+            E::UpstreamUnavailable(UpstreamFailure::Connect) => class(
+                S::BAD_GATEWAY,
                 "UpstreamUnavailable",
                 "cannot connect to the upstream",
+                "upstream_connect",
+                Upstream("connect"),
             ),
-            E::UpstreamUnavailable(UpstreamFailure::Invalid) => (
-                StatusCode::BAD_GATEWAY,
+            E::UpstreamUnavailable(UpstreamFailure::Invalid) => class(
+                S::BAD_GATEWAY,
                 "UpstreamUnavailable",
                 "upstream connection failed or its answer was invalid",
+                "upstream_invalid",
+                Upstream("invalid"),
             ),
-            E::ServerOverloaded => (
-                StatusCode::SERVICE_UNAVAILABLE,
+            E::ServerOverloaded => class(
+                S::SERVICE_UNAVAILABLE,
                 "ServerOverloaded",
                 "server overloaded, retry later",
+                "overloaded",
+                Request,
             ),
-            E::UpstreamTimeout => (
-                StatusCode::GATEWAY_TIMEOUT,
+            E::UpstreamTimeout => class(
+                S::GATEWAY_TIMEOUT,
                 "UpstreamTimeout",
                 "upstream did not answer in time",
+                "upstream_timeout",
+                Upstream("timeout"),
             ),
         }
+    }
+
+    /// Status, SMH code and message.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        let c = self.class();
+        (c.status, c.code, c.message)
     }
 
     pub fn status(&self) -> StatusCode {
-        self.parts().0
+        self.class().status
     }
 
     pub fn code(&self) -> &'static str {
-        self.parts().1
+        self.class().code
     }
 
-    /// The access log's `reason`: a bounded, operator-actionable word.
+    /// The access log's `reason`.
     pub fn reason(&self) -> &'static str {
-        use GatewayError as E;
-        match self {
-            E::RouteNotFound => "route_not_found",
-            E::ParamInvalid(_) => "param_invalid",
-            E::EmptyAccessToken => "missing",
-            E::InvalidAccessToken(failure) => failure.as_str(),
-            E::LibraryNotFound => "library_not_found",
-            E::AccessTokenNotMatchLibrary => "library_mismatch",
-            E::NotMultiSpaceLibrary => "not_multi_space_library",
-            E::EmptySpaceId => "empty_space_id",
-            E::AccessTokenNotMatchSpace => "space_mismatch",
-            E::NoPermission => "no_permission",
-            E::UserIdNotAllowed => "user_id_not_allowed",
-            E::RequestEntityTooLarge => "body_too_large",
-            E::ReadRequestTimeout => "body_timeout",
-            E::UriTooLong => "uri_too_long",
-            E::HeaderFieldsTooLarge => "headers_too_large",
-            E::RateLimitExceeded { .. } => "rate_limited",
-            E::UpstreamUnavailable(UpstreamFailure::Connect) => "upstream_connect",
-            E::UpstreamUnavailable(UpstreamFailure::Invalid) => "upstream_invalid",
-            E::ServerOverloaded => "overloaded",
-            E::UpstreamTimeout => "upstream_timeout",
-        }
+        self.class().reason
     }
 
     /// The SMH-shaped JSON error response.
@@ -313,6 +404,7 @@ mod tests {
                 "UpstreamUnavailable",
             ),
             (GatewayError::ReadRequestTimeout, 408, "ReadRequestTimeout"),
+            (GatewayError::ClientClosed, 499, "ClientDisconnected"),
             (GatewayError::ServerOverloaded, 503, "ServerOverloaded"),
             (GatewayError::UpstreamTimeout, 504, "UpstreamTimeout"),
         ];

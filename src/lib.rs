@@ -27,4 +27,6 @@ pub mod proxy;
 pub mod request_id;
 pub mod secret;
 pub mod server;
+pub mod smh;
+pub mod template;
 pub mod token;

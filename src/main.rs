@@ -67,6 +67,12 @@ enum Command {
     },
     /// The gateway and a built-in mock SMH upstream on loopback, with curl examples.
     Demo,
+    /// Print the effective route table (the built-in rows with the config's
+    /// `[[routes.rules]]` applied) as Markdown.
+    Routes {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// The mock SMH upstream alone.
     MockUpstream {
         #[arg(long, default_value = "127.0.0.1:18080")]
@@ -104,6 +110,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve { config } => serve(&config),
+        Command::Routes { config } => routes(config.as_deref()),
         Command::Demo => runtime().block_on(async {
             match smh_gateway::demo::run().await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -156,6 +163,26 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => config_failure(&e),
+    }
+}
+
+fn routes(path: Option<&Path>) -> ExitCode {
+    let rules = match path.map(Config::load).transpose() {
+        Ok(config) => config.map(|c| c.routes.rules).unwrap_or_default(),
+        Err(e) => return config_failure(&e),
+    };
+    match smh_gateway::proxy::route::Router::new(&rules) {
+        Ok(router) => {
+            print!("{}", router.markdown());
+            ExitCode::SUCCESS
+        }
+        Err((i, field, message)) => {
+            eprintln!(
+                "config error: {}: routes.rules[{i}].{field}: {message}",
+                path.map(|p| p.display().to_string()).unwrap_or_default()
+            );
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

@@ -15,9 +15,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::error::{AuthFailure, GatewayError, UpstreamFailure};
-use crate::proxy::rewrite::Clamp;
-use crate::proxy::route::RouteName;
+use crate::error::{AuthFailure, Counted, GatewayError};
 
 const REQUEST_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -94,17 +92,29 @@ pub struct Metrics {
     in_flight: IntGauge,
     connections: IntGauge,
     access_log_dropped: IntCounter,
-    /// Route-labelled children resolved once: the hot path skips the label lookup.
-    request_duration_by_route: [Histogram; RouteName::ALL.len()],
-    /// The children the hot path touches on every request, resolved once: a label
-    /// lookup hashes the values and takes a lock.
-    requests_by_route: [Vec<(u16, IntCounter)>; RouteName::ALL.len()],
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
     cache_by_result: [IntCounter; CacheResult::ALL.len()],
     clamped_up: IntCounter,
     clamped_down: IntCounter,
     by_library: std::collections::HashMap<String, (IntCounter, Histogram)>,
-    upstream_duration_by_route: [Histogram; RouteName::ALL.len()],
 }
+
+/// One route's children, resolved once per route (the route table keeps them): the
+/// hot path then skips the label lookup, which hashes the values and takes a lock.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    name: String,
+    by_status: Vec<(u16, IntCounter)>,
+    requests: IntCounterVec,
+    duration: Histogram,
+    upstream: Histogram,
+}
+
+/// Statuses whose series exist from the start for the common routes: a series'
+/// first sample is Prometheus's baseline for rate(), so the first 502 after a
+/// restart is not lost.
+const COMMON_STATUSES: [u16; 10] = [200, 400, 403, 404, 413, 414, 431, 502, 503, 504];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,7 +159,9 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 impl Metrics {
     /// All metrics, with the label sets that are known up front pre-created at zero,
     /// so that dashboards and `rate()` see every series from the first scrape.
-    pub fn new(libraries: &[String]) -> Metrics {
+    /// `common_routes` get their request series created at zero now (the upload
+    /// flow's); any other route's appear on its first request.
+    pub fn new(libraries: &[String], common_routes: &[&str]) -> Metrics {
         let registry = Registry::new();
         let requests = counter(
             &registry,
@@ -271,19 +283,6 @@ impl Metrics {
         {
             auth_failures.with_label_values(&[reason]);
         }
-        // A series' first sample is Prometheus's baseline for rate(): create the
-        // common ones now, so that the first 502 after a restart is not lost.
-        const COMMON_STATUSES: [u16; 10] = [200, 400, 403, 404, 413, 414, 431, 502, 503, 504];
-        let requests_by_route = RouteName::ALL.map(|route| {
-            COMMON_STATUSES
-                .iter()
-                .map(|&status| {
-                    let digits = itoa_status(status);
-                    let label = std::str::from_utf8(&digits).unwrap_or("0");
-                    (status, requests.with_label_values(&[route.as_str(), label]))
-                })
-                .collect::<Vec<_>>()
-        });
         for r in POLICY_REASONS {
             policy_refusals.with_label_values(&[r]);
         }
@@ -315,16 +314,13 @@ impl Metrics {
             CacheResult::ALL.map(|r| cache_requests.with_label_values(&[r.as_str()]));
         let clamped_up = clamped.with_label_values(&["up"]);
         let clamped_down = clamped.with_label_values(&["down"]);
-        let by_route =
-            |h: &HistogramVec| RouteName::ALL.map(|r| h.with_label_values(&[r.as_str()]));
-        Metrics {
-            requests_by_route,
+        let metrics = Metrics {
             cache_by_result,
             clamped_up,
             clamped_down,
             by_library,
-            request_duration_by_route: by_route(&request_duration),
-            upstream_duration_by_route: by_route(&upstream_duration),
+            request_duration,
+            upstream_duration,
             registry,
             requests,
             auth_failures,
@@ -337,70 +333,70 @@ impl Metrics {
             in_flight,
             connections,
             access_log_dropped,
+        };
+        for route in common_routes {
+            metrics.route(route);
+        }
+        metrics
+    }
+
+    /// The children of one route (its series are created now, at zero). The
+    /// route table resolves each row's once.
+    pub fn route(&self, name: &str) -> RouteMetrics {
+        let by_status = COMMON_STATUSES
+            .iter()
+            .map(|&status| {
+                let digits = itoa_status(status);
+                let label = std::str::from_utf8(&digits).unwrap_or("0");
+                (status, self.requests.with_label_values(&[name, label]))
+            })
+            .collect();
+        RouteMetrics {
+            name: name.to_string(),
+            by_status,
+            requests: self.requests.clone(),
+            duration: self.request_duration.with_label_values(&[name]),
+            upstream: self.upstream_duration.with_label_values(&[name]),
         }
     }
 
     /// One request, answered.
-    pub fn request(&self, route: RouteName, status: u16, elapsed: Duration) {
-        match self.requests_by_route[route as usize]
-            .iter()
-            .find(|(s, _)| *s == status)
-        {
+    pub fn request(&self, route: &RouteMetrics, status: u16, elapsed: Duration) {
+        match route.by_status.iter().find(|(s, _)| *s == status) {
             Some((_, counter)) => counter.inc(),
             None => {
                 let buf = itoa_status(status);
                 let label = std::str::from_utf8(&buf).unwrap_or("0");
-                self.requests
-                    .with_label_values(&[route.as_str(), label])
+                route
+                    .requests
+                    .with_label_values(&[&route.name, label])
                     .inc();
             }
         }
-        self.request_duration_by_route[route as usize].observe(elapsed.as_secs_f64());
+        route.duration.observe(elapsed.as_secs_f64());
     }
 
-    pub fn upstream(&self, route: RouteName, elapsed: Duration) {
-        self.upstream_duration_by_route[route as usize].observe(elapsed.as_secs_f64());
+    pub fn upstream(&self, route: &RouteMetrics, elapsed: Duration) {
+        route.upstream.observe(elapsed.as_secs_f64());
     }
 
-    /// A refusal or failure the gateway answered itself: counted by its reason.
+    /// A refusal or failure the gateway answered itself: counted as `error.rs`
+    /// classifies it.
     pub fn error(&self, error: &GatewayError) {
-        use GatewayError as E;
-        match error {
-            E::InvalidAccessToken(f) => self.auth_failures.with_label_values(&[f.as_str()]).inc(),
-            E::EmptyAccessToken => self.auth_failures.with_label_values(&["missing"]).inc(),
-            E::LibraryNotFound
-            | E::AccessTokenNotMatchLibrary
-            | E::NotMultiSpaceLibrary
-            | E::EmptySpaceId
-            | E::AccessTokenNotMatchSpace
-            | E::NoPermission
-            | E::UserIdNotAllowed => self
-                .policy_refusals
-                .with_label_values(&[error.reason()])
-                .inc(),
-            E::UpstreamUnavailable(UpstreamFailure::Connect) => {
-                self.upstream_errors.with_label_values(&["connect"]).inc()
-            }
-            E::UpstreamUnavailable(UpstreamFailure::Invalid) => {
-                self.upstream_errors.with_label_values(&["invalid"]).inc()
-            }
-            E::UpstreamTimeout => self.upstream_errors.with_label_values(&["timeout"]).inc(),
-            E::RouteNotFound
-            | E::ParamInvalid(_)
-            | E::RequestEntityTooLarge
-            | E::ReadRequestTimeout
-            | E::UriTooLong
-            | E::HeaderFieldsTooLarge
-            | E::RateLimitExceeded { .. }
-            | E::ServerOverloaded => {}
+        match error.class().counted {
+            Counted::Auth(reason) => self.auth_failures.with_label_values(&[reason]).inc(),
+            Counted::Policy(reason) => self.policy_refusals.with_label_values(&[reason]).inc(),
+            Counted::Upstream(kind) => self.upstream_errors.with_label_values(&[kind]).inc(),
+            Counted::Request => {}
         }
     }
 
-    pub fn clamp(&self, clamp: Clamp) {
-        match clamp {
-            Clamp::Up => self.clamped_up.inc(),
-            Clamp::Down => self.clamped_down.inc(),
-            Clamp::Unchanged => {}
+    /// A traffic_limit raised to the minimum (`up`) or lowered to the maximum.
+    pub fn clamped(&self, up: bool) {
+        if up {
+            self.clamped_up.inc();
+        } else {
+            self.clamped_down.inc();
         }
     }
 
@@ -490,9 +486,10 @@ mod tests {
 
     #[test]
     fn spec_metrics_are_all_exported() {
-        let m = Metrics::new(&["lib1".to_string()]);
-        m.request(RouteName::Renew, 200, Duration::from_millis(3));
-        m.upstream(RouteName::Renew, Duration::from_millis(2));
+        let m = Metrics::new(&["lib1".to_string()], &["renew"]);
+        let renew = m.route("renew");
+        m.request(&renew, 200, Duration::from_millis(3));
+        m.upstream(&renew, Duration::from_millis(2));
         m.set_cache_entries(5);
         let t = text(&m);
         for name in [
@@ -514,7 +511,7 @@ mod tests {
 
     #[test]
     fn errors_are_counted_by_reason() {
-        let m = Metrics::new(&[]);
+        let m = Metrics::new(&[], &[]);
         m.error(&GatewayError::InvalidAccessToken(AuthFailure::BadSignature));
         m.error(&GatewayError::EmptyAccessToken);
         m.error(&GatewayError::AccessTokenNotMatchSpace);

@@ -220,6 +220,7 @@ fn error_tag(e: &GatewayError) -> &'static str {
         | E::UserIdNotAllowed
         | E::RequestEntityTooLarge
         | E::ReadRequestTimeout
+        | E::ClientClosed
         | E::UriTooLong
         | E::HeaderFieldsTooLarge
         | E::RateLimitExceeded { .. }

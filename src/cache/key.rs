@@ -97,6 +97,27 @@ impl CacheKey {
     }
 }
 
+impl CacheKey {
+    /// The key varied by the renew's other forwarded parameters (their canonical
+    /// query text, e.g. `internal_domain=1`): they change SMH's answer, so callers
+    /// that differ in them never share an entry. No parameters: the key unchanged.
+    pub fn varied_by(self, params: &str) -> CacheKey {
+        if params.is_empty() {
+            return self;
+        }
+        let mut h = Sha256::new();
+        h.update(PARAMS_DOMAIN);
+        h.update(self.hash.0);
+        field(&mut h, params.as_bytes());
+        CacheKey {
+            upload: self.upload,
+            hash: KeyHash(h.finalize().into()),
+        }
+    }
+}
+
+const PARAMS_DOMAIN: &[u8] = b"smh-gateway renew params v1\0";
+
 fn field(h: &mut Sha256, bytes: &[u8]) {
     h.update((bytes.len() as u64).to_be_bytes());
     h.update(bytes);

@@ -19,6 +19,7 @@ use std::time::Duration;
 use http::Uri;
 use jsonwebtoken::Algorithm;
 
+use crate::template::Template;
 use raw::{RawConfig, RawTrafficLimit};
 
 /// A configuration problem: the file, the dotted key when there is one, and why.
@@ -182,6 +183,22 @@ pub enum CacheBackend {
 #[derive(Debug, Clone)]
 pub struct RoutesConfig {
     pub unmatched: Unmatched,
+    pub rules: Vec<RouteRule>,
+}
+
+/// An operator's `[[routes.rules]]` entry (SPEC §11): a new row, or the fields it
+/// gives replacing a built-in row's (same name). Whether the name is built in is
+/// the route table's to say (`proxy::route::Router::new`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    pub name: String,
+    pub method: Option<String>,
+    pub path: Option<Template>,
+    pub flag: Option<String>,
+    pub permissions: Option<Vec<String>>,
+    /// `Some(true)` for `"clamp"`, `Some(false)` for `"drop"`.
+    pub traffic_limit: Option<bool>,
+    pub params: Option<Vec<String>>,
 }
 
 /// What happens to a request that is not a known operation.
@@ -333,6 +350,7 @@ impl Validator<'_> {
             libraries,
             cache: self.cache(&raw.cache)?,
             routes: RoutesConfig {
+                rules: self.rules(&raw.routes.rules)?,
                 unmatched: match raw.routes.unmatched.as_str() {
                     "deny" => Unmatched::Deny,
                     "forward" => Unmatched::Forward,
@@ -627,7 +645,7 @@ impl Validator<'_> {
         let mut seen = HashSet::new();
         for (i, l) in libs.iter().enumerate() {
             let at = format!("libraries[{i}]");
-            if !crate::proxy::route::is_valid_id(&l.id) {
+            if !crate::smh::is_valid_id(&l.id) {
                 return Err(self.err(
                     &format!("{at}.id"),
                     format!("invalid library id {:?}", l.id),
@@ -670,6 +688,105 @@ impl Validator<'_> {
                 id: l.id.clone(),
                 multi_tenant: l.multi_tenant,
                 traffic_limit,
+            });
+        }
+        Ok(out)
+    }
+
+    fn rules(&self, rules: &[raw::RawRule]) -> Result<Vec<RouteRule>, ConfigError> {
+        let mut out: Vec<RouteRule> = Vec::with_capacity(rules.len());
+        for (i, r) in rules.iter().enumerate() {
+            let at = |field: &str| format!("routes.rules[{i}].{field}");
+            let name_ok = !r.name.is_empty()
+                && r.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !name_ok || r.name == "unmatched" {
+                return Err(self.err(
+                    &at("name"),
+                    format!(
+                        "{:?} is not a route name: snake_case (a-z 0-9 _), not \"unmatched\"",
+                        r.name
+                    ),
+                ));
+            }
+            if out.iter().any(|o| o.name == r.name) {
+                return Err(self.err(&at("name"), format!("duplicate rule {:?}", r.name)));
+            }
+            if let Some(m) = &r.method
+                && !["GET", "HEAD", "POST", "PUT", "DELETE"].contains(&m.as_str())
+            {
+                return Err(self.err(
+                    &at("method"),
+                    format!("{m:?} is not one of GET, HEAD, POST, PUT, DELETE"),
+                ));
+            }
+            let path = r
+                .path
+                .as_deref()
+                .map(|p| {
+                    Template::parse(p).map_err(|e| self.err(&at("path"), format!("{p:?}: {e}")))
+                })
+                .transpose()?;
+            let token_like = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            };
+            if let Some(f) = &r.flag
+                && !token_like(f)
+            {
+                return Err(self.err(&at("flag"), format!("{f:?} is not a query key")));
+            }
+            if let Some(perms) = &r.permissions {
+                if perms.is_empty() {
+                    return Err(self.err(
+                        &at("permissions"),
+                        "must name at least one permission (a read for any token is not a rule)",
+                    ));
+                }
+                if let Some(bad) = perms.iter().find(|p| !crate::smh::is_grant(p)) {
+                    return Err(self.err(
+                        &at("permissions"),
+                        format!(
+                            "unknown permission {bad:?}; one of {}",
+                            crate::smh::GRANTS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            let traffic_limit = match r.traffic_limit.as_deref() {
+                None => None,
+                Some("clamp") => Some(true),
+                Some("drop") => Some(false),
+                Some(other) => {
+                    return Err(self.err(
+                        &at("traffic_limit"),
+                        format!("must be \"clamp\" or \"drop\", got {other:?}"),
+                    ));
+                }
+            };
+            if let Some(params) = &r.params {
+                const RESERVED: [&str; 4] =
+                    ["access_token", "user_id", "traffic_limit", "library_secret"];
+                if let Some(bad) = params
+                    .iter()
+                    .find(|p| !token_like(p) || RESERVED.contains(&p.as_str()))
+                {
+                    return Err(self.err(
+                        &at("params"),
+                        format!("{bad:?} cannot be a forwarded parameter"),
+                    ));
+                }
+            }
+            out.push(RouteRule {
+                name: r.name.clone(),
+                method: r.method.clone(),
+                path,
+                flag: r.flag.clone(),
+                permissions: r.permissions.clone(),
+                traffic_limit,
+                params: r.params.clone(),
             });
         }
         Ok(out)

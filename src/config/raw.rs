@@ -198,12 +198,28 @@ impl Default for RawCache {
 #[serde(deny_unknown_fields, default)]
 pub struct RawRoutes {
     pub unmatched: String,
+    pub rules: Vec<RawRule>,
 }
 
 impl Default for RawRoutes {
     fn default() -> Self {
         RawRoutes {
             unmatched: "deny".into(),
+            rules: Vec::new(),
         }
     }
+}
+
+/// `[[routes.rules]]`: only `name` is required here; whether the rest may be left
+/// out depends on whether the name is a built-in route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub flag: Option<String>,
+    pub permissions: Option<Vec<String>>,
+    pub traffic_limit: Option<String>,
+    pub params: Option<Vec<String>>,
 }

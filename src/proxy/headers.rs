@@ -1,7 +1,11 @@
-//! Header rules of SPEC §5, in both directions: hop-by-hop headers dropped, the
-//! caller's `Authorization` never forwarded, `X-Forwarded-For`/`-Proto` and
-//! `X-Request-Id` set, and the request id accepted only when it is sane.
+//! Header rules of SPEC §5, in both directions. The upstream must see only what
+//! the gateway vouches for: no hop-by-hop headers (a client could otherwise have a
+//! header dropped or kept at will), never the caller's `Authorization`, and client
+//! addresses only in the `X-Forwarded-For` chain the gateway itself extends. A
+//! response whose framing is ambiguous is refused rather than re-framed, so that the
+//! client and the upstream cannot disagree about where a body ends.
 
+use std::net::IpAddr;
 use std::net::SocketAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -23,24 +27,34 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including every header the `Connection` header names.
+/// Forwarding headers the gateway does not set: from a client they are claims an
+/// upstream might trust (client address, original host or port), so they are
+/// dropped rather than passed on as if the gateway had written them.
+static CLIENT_FORWARDING: [HeaderName; 4] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names
+/// (matched case-insensitively; blank items are ignored).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the few names present is cheaper than
     // eight removals.
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    // Bytes, not `to_str`: one non-ASCII byte must not make the whole list ignored.
+    // `HeaderName::from_bytes` lowercases, so `X-A` names `x-a`.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
@@ -48,28 +62,102 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The request headers sent upstream: the caller's end-to-end headers, less its
-/// credentials and `Host` (the client sets the upstream's), plus forwarding headers.
+/// credentials, `Host` (the client sets the upstream's) and forwarding claims, plus
+/// the gateway's forwarding headers.
 pub fn upstream_request_headers(
     mut headers: HeaderMap,
     client: SocketAddr,
     proto: &'static str,
     request_id: &str,
 ) -> HeaderMap {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {}", client.ip()),
-        _ => client.ip().to_string(),
-    };
+    // First: an `X-Forwarded-For` that `Connection` names was for the previous hop
+    // alone and must not seed the chain.
     strip_hop_by_hop(&mut headers);
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::HOST);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    for name in &CLIENT_FORWARDING {
+        headers.remove(name);
     }
+    join_cookie_crumbs(&mut headers);
+    match forwarded_for(&headers, client.ip()) {
+        Some(v) => headers.insert(X_FORWARDED_FOR.clone(), v),
+        None => headers.remove(&X_FORWARDED_FOR),
+    };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    // Removed first so that an id that is not a header value cannot leave the
+    // caller's in place.
+    headers.remove(&X_REQUEST_ID);
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(X_REQUEST_ID.clone(), v);
     }
     headers
+}
+
+/// The caller's `X-Forwarded-For` lines joined in order, then `client`. A list
+/// split over several lines is one list (RFC 9110 §5.3): keeping only the first
+/// would let a client hide entries from whoever reads the chain.
+fn forwarded_for(headers: &HeaderMap, client: IpAddr) -> Option<HeaderValue> {
+    let client = client.to_string();
+    let mut chain = Vec::new();
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
+        let prior = prior.as_bytes().trim_ascii();
+        if !prior.is_empty() {
+            chain.extend_from_slice(prior);
+            chain.extend_from_slice(b", ");
+        }
+    }
+    chain.extend_from_slice(client.as_bytes());
+    // Every part came from a header value or is an address, so this does not fail;
+    // if it ever did, the address alone is still the truth.
+    HeaderValue::from_bytes(&chain)
+        .or_else(|_| HeaderValue::from_str(&client))
+        .ok()
+}
+
+/// HTTP/2 clients may split `Cookie` into one line per cookie (RFC 9113 §8.2.3);
+/// an HTTP/1.1 upstream expects one line, so the crumbs are joined with `"; "`.
+fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE) {
+        let crumb = crumb.as_bytes().trim_ascii();
+        if crumb.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb);
+    }
+    match HeaderValue::from_bytes(&joined) {
+        Ok(v) if !joined.is_empty() => headers.insert(header::COOKIE, v),
+        _ => headers.remove(header::COOKIE),
+    };
+}
+
+/// Whether an upstream response says unambiguously where its body ends: not both
+/// `Transfer-Encoding` and `Content-Length`, and every `Content-Length` line the
+/// same run of ASCII digits that fits a `u64` (a comma list such as `5, 5` is
+/// refused too, as RFC 9110 §8.6 allows). A response that fails is answered 502,
+/// never re-framed. Call it before [`strip_hop_by_hop`], which removes
+/// `Transfer-Encoding` and with it the evidence.
+pub fn response_framing_is_sane(headers: &HeaderMap) -> bool {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = lengths.next() else {
+        return true;
+    };
+    !headers.contains_key(header::TRANSFER_ENCODING)
+        && is_decimal_length(first.as_bytes())
+        && lengths.all(|other| other == first)
+}
+
+fn is_decimal_length(v: &[u8]) -> bool {
+    // The digit check first: `u64::from_str` would also take a leading `+`.
+    !v.is_empty()
+        && v.iter().all(u8::is_ascii_digit)
+        && std::str::from_utf8(v).is_ok_and(|s| s.parse::<u64>().is_ok())
 }
 
 /// SPEC §5: 1–128 characters of `A-Z a-z 0-9 . _ : -`.
@@ -90,36 +178,207 @@ pub fn incoming_request_id(headers: &HeaderMap) -> Option<String> {
 mod tests {
     use super::*;
 
+    const CLIENT: &str = "192.0.2.7:5555";
+
+    fn headers(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in lines {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    fn upstream(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+        upstream_request_headers(headers(lines), CLIENT.parse().unwrap(), "https", "rid-1")
+    }
+
+    fn values<'a>(h: &'a HeaderMap, name: &str) -> Vec<&'a [u8]> {
+        h.get_all(name).iter().map(HeaderValue::as_bytes).collect()
+    }
+
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_dropped() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, X-Secret".parse().unwrap());
-        h.insert("x-secret", "1".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("te", "trailers".parse().unwrap());
-        h.insert("proxy-authorization", "Basic x".parse().unwrap());
-        h.insert("transfer-encoding", "chunked".parse().unwrap());
-        h.insert("upgrade", "websocket".parse().unwrap());
-        h.insert("x-keep", "yes".parse().unwrap());
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-keep", "yes"),
+        ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
     }
 
     #[test]
-    fn upstream_headers_drop_authorization_and_set_forwarding() {
+    fn connection_names_match_case_insensitively_and_tolerate_blank_items() {
+        let mut h = headers(&[
+            ("connection", ", X-A ,x-b"),
+            ("connection", " ,,\tX-C\t"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("x-c", "3"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn connection_with_a_non_ascii_item_still_drops_the_others() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, "Bearer secret".parse().unwrap());
-        h.insert(header::HOST, "gateway.example".parse().unwrap());
-        h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        h.insert("user-agent", "sdk/1".parse().unwrap());
-        let out = upstream_request_headers(h, "192.0.2.7:5555".parse().unwrap(), "https", "rid-1");
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-a, \xe4, x-b").unwrap(),
+        );
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn upstream_headers_drop_authorization_and_set_forwarding() {
+        let out = upstream(&[
+            ("authorization", "Bearer secret"),
+            ("host", "gateway.example"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("user-agent", "sdk/1"),
+        ]);
         assert!(out.get(header::AUTHORIZATION).is_none());
         assert!(out.get(header::HOST).is_none());
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(out["x-forwarded-proto"], "https");
         assert_eq!(out["x-request-id"], "rid-1");
         assert_eq!(out["user-agent"], "sdk/1");
+    }
+
+    #[test]
+    fn connection_named_x_forwarded_for_is_dropped_and_the_chain_starts_at_the_client() {
+        let out = upstream(&[
+            ("connection", "X-Forwarded-For"),
+            ("x-forwarded-for", "10.6.6.6"),
+        ]);
+        assert_eq!(values(&out, "x-forwarded-for"), [b"192.0.2.7"]);
+        assert!(out.get(header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn client_forwarding_claims_are_dropped() {
+        let out = upstream(&[
+            ("forwarded", "for=10.6.6.6;host=evil.example;proto=https"),
+            ("x-real-ip", "10.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-port", "8443"),
+            ("x-forwarded-proto", "ftp"),
+            ("x-request-id", "caller-id"),
+        ]);
+        for gone in [
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-host",
+            "x-forwarded-port",
+        ] {
+            assert!(out.get(gone).is_none(), "{gone} was forwarded: {out:?}");
+        }
+        assert_eq!(values(&out, "x-forwarded-proto"), [b"https"]);
+        assert_eq!(values(&out, "x-request-id"), [b"rid-1"]);
+        assert_eq!(values(&out, "x-forwarded-for"), [b"192.0.2.7"]);
+    }
+
+    #[test]
+    fn repeated_x_forwarded_for_lines_are_joined_in_order_then_the_client_appended() {
+        let out = upstream(&[
+            ("x-forwarded-for", "10.0.0.1, 10.0.0.2"),
+            ("x-forwarded-for", "  "),
+            ("x-forwarded-for", "10.0.0.3"),
+        ]);
+        assert_eq!(
+            values(&out, "x-forwarded-for"),
+            [b"10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7"]
+        );
+    }
+
+    #[test]
+    fn x_forwarded_for_of_an_ipv6_client_is_the_bare_address() {
+        let out = upstream_request_headers(
+            HeaderMap::new(),
+            "[2001:db8::1]:443".parse().unwrap(),
+            "http",
+            "rid-1",
+        );
+        assert_eq!(out["x-forwarded-for"], "2001:db8::1");
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_into_one_line() {
+        let out = upstream(&[
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("cookie", " "),
+            ("cookie", "c=3"),
+        ]);
+        assert_eq!(values(&out, "cookie"), [b"a=1; b=2; c=3"]);
+        let single = upstream(&[("cookie", "a=1; b=2")]);
+        assert_eq!(values(&single, "cookie"), [b"a=1; b=2"]);
+    }
+
+    #[test]
+    fn response_with_transfer_encoding_and_content_length_is_not_sane() {
+        let h = headers(&[("transfer-encoding", "chunked"), ("content-length", "5")]);
+        assert!(!response_framing_is_sane(&h));
+    }
+
+    #[test]
+    fn response_with_differing_content_lengths_is_not_sane() {
+        let h = headers(&[("content-length", "5"), ("content-length", "6")]);
+        assert!(!response_framing_is_sane(&h));
+    }
+
+    #[test]
+    fn response_with_a_content_length_that_is_not_digits_is_not_sane() {
+        for bad in [
+            "",
+            " 5",
+            "5 ",
+            "+5",
+            "-1",
+            "0x5",
+            "1e3",
+            "5, 5",
+            "5,5",
+            "٥",
+            "18446744073709551616",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_str(bad).unwrap());
+            assert!(!response_framing_is_sane(&h), "{bad:?} passed");
+        }
+    }
+
+    #[test]
+    fn response_with_one_length_or_one_framing_is_sane() {
+        assert!(response_framing_is_sane(&HeaderMap::new()));
+        assert!(response_framing_is_sane(&headers(&[(
+            "content-length",
+            "0"
+        )])));
+        assert!(response_framing_is_sane(&headers(&[(
+            "content-length",
+            "18446744073709551615"
+        )])));
+        assert!(response_framing_is_sane(&headers(&[
+            ("content-length", "42"),
+            ("content-length", "42"),
+        ])));
+        assert!(response_framing_is_sane(&headers(&[(
+            "transfer-encoding",
+            "chunked"
+        )])));
     }
 
     #[test]

@@ -16,10 +16,13 @@
 //! response itself.
 
 pub mod auth;
+pub mod body;
 pub mod headers;
+pub mod json;
 pub mod policy;
 pub mod rewrite;
 pub mod route;
+pub mod routes;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -27,21 +30,23 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::access_log::{AccessLog, AccessRecord};
+use crate::access_log::{AccessLog, AccessRecord, method_label};
 use crate::cache::{Answer, CacheKey, RenewCache, Reply, Source};
 use crate::config::{Config, ConfigError, Unmatched};
 use crate::error::GatewayError;
-use crate::metrics::{Metrics, library_label};
+use crate::metrics::{Metrics, RouteMetrics, library_label};
 use crate::request_id::RequestIds;
+use crate::secret::Secret;
 use auth::Verifier;
 use rewrite::{Clamp, CredentialSource};
-use route::{Operation, RenewRequest, RouteName};
+use route::{Operation, Route, Router, Selected};
+use routes::{AuthPolicy, BodyPolicy, CacheRole};
 use upstream::{Upstream, UpstreamRequest};
 
 /// `HIT`, `MISS` or `COALESCED` on renew answers while the cache is enabled.
@@ -51,21 +56,49 @@ pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// or the upstream's body streamed through (forwarded routes).
 pub type ResponseBody = Either<Full<Bytes>, upstream::StreamedBody>;
 
+/// The `route` label of requests that match no row.
+pub const UNMATCHED: &str = "unmatched";
+
+/// The routes whose request series exist from the first scrape: SMH's upload and
+/// download flow (SMH-ROUTES Q1), and `unmatched`.
+pub const COMMON_ROUTES: &[&str] = &[
+    "renew",
+    "multipart_upload_file",
+    "simple_upload_file",
+    "complete_file_upload",
+    "abort_file_upload",
+    "get_file_upload",
+    "info_file",
+    "download_file",
+    "create_directory",
+    UNMATCHED,
+];
+
 /// Everything derived from one config file, swapped as a whole on reload so that a
 /// request sees one consistent version from start to end.
 pub struct Settings {
     pub config: Config,
     pub verifier: Verifier,
     pub credential: CredentialSource,
+    pub router: Router,
 }
 
 impl Settings {
-    /// Loads the secrets the config names. Fails (exit 2 at start) when a key file
-    /// is unreadable or an env var is missing.
+    /// Loads the secrets the config names and builds the route table. Fails (exit 2
+    /// at start) when a key file is unreadable, an env var is missing or a route
+    /// rule does not fit the table.
     pub fn from_config(config: Config) -> Result<Settings, ConfigError> {
+        let router = Router::new(&config.routes.rules).map_err(|(i, field, message)| {
+            ConfigError::new(
+                &config.source,
+                Some(format!("routes.rules[{i}].{field}")),
+                message,
+            )
+        })?;
         Ok(Settings {
             verifier: Verifier::from_config(&config)?,
             credential: CredentialSource::from_config(&config)?,
+            router,
             config,
         })
     }
@@ -79,14 +112,14 @@ pub struct ClientInfo {
     pub proto: &'static str,
 }
 
-/// What a request did, filled in by the phases as they run; the access log (and
-/// later the metrics) record it once, at the end.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub route: RouteName,
+/// What a request learned on its way through the phases; the logging phase at the
+/// end writes its metrics and its access-log line from this, once.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// The row, once routing found one (`None`: `unmatched`).
+    pub route: Option<Arc<Route>>,
     pub upstream_status: Option<u16>,
-    pub clamp: Clamp,
-    /// The library of a renew that passed policy.
+    /// The library of a request that passed policy.
     pub library: Option<String>,
     /// The traffic_limit sent upstream.
     pub traffic_limit: Option<u64>,
@@ -94,55 +127,50 @@ pub struct Outcome {
     pub cache: Option<Source>,
 }
 
-impl Outcome {
-    /// Before any phase has run.
-    const EMPTY: Outcome = Outcome {
-        route: RouteName::Unmatched,
-        upstream_status: None,
-        clamp: Clamp::Unchanged,
-        library: None,
-        traffic_limit: None,
-        cache: None,
-    };
-}
-
 /// A request being handled. If its future is dropped before the answer (the client
 /// went away), this still records it, as 499 (SMH's ClientDisconnected status) in the
 /// access log and metrics, and puts the in-flight gauge back.
 struct Unanswered<'a> {
     gateway: &'a Gateway,
+    settings: Arc<Settings>,
     started: Instant,
     request_id: String,
-    method: http::Method,
+    method: &'static str,
     client: ClientInfo,
-    outcome: Outcome,
+    ctx: Context,
     answered: bool,
 }
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        let gateway = self.gateway;
-        gateway.metrics.in_flight().dec();
+        self.gateway.metrics.in_flight().dec();
         if self.answered {
             return;
         }
-        const CLIENT_CLOSED: u16 = 499;
-        let elapsed = self.started.elapsed();
-        gateway
-            .metrics
-            .request(self.outcome.route, CLIENT_CLOSED, elapsed);
-        gateway.access_log.record(AccessRecord {
-            request_id: std::mem::take(&mut self.request_id),
-            method: self.method.clone(),
-            route: self.outcome.route,
-            status: CLIENT_CLOSED,
-            duration: elapsed,
-            upstream_status: self.outcome.upstream_status,
-            cache: self.outcome.cache.map(Source::log),
-            client: self.client.addr,
-            reason: Some("client_closed"),
-        });
+        let ctx = std::mem::take(&mut self.ctx);
+        self.gateway.log(
+            &self.settings,
+            &ctx,
+            Finished {
+                request_id: std::mem::take(&mut self.request_id),
+                method: self.method,
+                client: self.client,
+                status: 499,
+                reason: Some(GatewayError::ClientClosed.reason()),
+                elapsed: self.started.elapsed(),
+            },
+        );
     }
+}
+
+/// The end of a request, for the logging phase.
+struct Finished {
+    request_id: String,
+    method: &'static str,
+    client: ClientInfo,
+    status: u16,
+    reason: Option<&'static str>,
+    elapsed: std::time::Duration,
 }
 
 /// The shared state of the running gateway.
@@ -155,6 +183,7 @@ pub struct Gateway {
     request_ids: RequestIds,
     access_log: AccessLog,
     metrics: Arc<Metrics>,
+    unmatched: RouteMetrics,
 }
 
 impl Gateway {
@@ -175,6 +204,7 @@ impl Gateway {
             .server
             .max_in_flight
             .min(Semaphore::MAX_PERMITS);
+        let metrics = Arc::new(Metrics::new(&libraries, COMMON_ROUTES));
         Gateway {
             settings: ArcSwap::from_pointee(settings),
             upstream: Arc::new(upstream),
@@ -182,7 +212,8 @@ impl Gateway {
             in_flight: Semaphore::new(max_in_flight),
             request_ids: RequestIds::new(),
             access_log,
-            metrics: Arc::new(Metrics::new(&libraries)),
+            unmatched: metrics.route(UNMATCHED),
+            metrics,
         }
     }
 
@@ -229,31 +260,25 @@ impl Gateway {
         let started = Instant::now();
         let request_id =
             headers::incoming_request_id(req.headers()).unwrap_or_else(|| self.request_ids.next());
-        let method = req.method().clone();
         let settings = self.settings.load_full();
         self.metrics.in_flight().inc();
         let mut flight = Unanswered {
             gateway: self,
+            settings: settings.clone(),
             started,
             request_id,
-            method,
+            method: method_label(req.method()),
             client,
-            outcome: Outcome::EMPTY,
+            ctx: Context::default(),
             answered: false,
         };
         let result = self
-            .dispatch(
-                &settings,
-                req,
-                client,
-                &flight.request_id,
-                &mut flight.outcome,
-            )
+            .dispatch(&settings, req, client, &flight.request_id, &mut flight.ctx)
             .await;
         flight.answered = true;
         let request_id = std::mem::take(&mut flight.request_id);
-        let method = flight.method.clone();
-        let outcome = std::mem::replace(&mut flight.outcome, Outcome::EMPTY);
+        let method = flight.method;
+        let ctx = std::mem::take(&mut flight.ctx);
         drop(flight);
         let (mut resp, reason) = match result {
             Ok(resp) => (resp, None),
@@ -265,115 +290,252 @@ impl Gateway {
                 (resp, Some(e.reason()))
             }
         };
-        let status = resp.status().as_u16();
-        let elapsed = started.elapsed();
-        self.metrics.request(outcome.route, status, elapsed);
-        if outcome.route == RouteName::Renew && (200..300).contains(&status) {
-            let library = outcome.library.as_deref().unwrap_or_default();
-            self.metrics.renewal(
-                library_label(&settings.config.libraries, library),
-                outcome.traffic_limit,
-            );
-        }
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
         }
-        self.access_log.record(AccessRecord {
-            request_id,
-            method,
-            route: outcome.route,
-            status,
-            duration: elapsed,
-            upstream_status: outcome.upstream_status,
-            cache: outcome.cache.map(Source::log),
-            client: client.addr,
-            reason,
-        });
+        let status = resp.status().as_u16();
+        self.log(
+            &settings,
+            &ctx,
+            Finished {
+                request_id,
+                method,
+                client,
+                status,
+                reason,
+                elapsed: started.elapsed(),
+            },
+        );
         resp
     }
 
+    /// The logging phase: the request's metrics and its access-log line, once.
+    fn log(&self, settings: &Settings, ctx: &Context, done: Finished) {
+        let route_metrics = match &ctx.route {
+            Some(route) => route.metrics(&self.metrics),
+            None => &self.unmatched,
+        };
+        self.metrics
+            .request(route_metrics, done.status, done.elapsed);
+        let is_renew = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.cache == CacheRole::Renew);
+        if is_renew && (200..300).contains(&done.status) {
+            let library = ctx.library.as_deref().unwrap_or_default();
+            self.metrics.renewal(
+                library_label(&settings.config.libraries, library),
+                ctx.traffic_limit,
+            );
+        }
+        self.access_log.record(AccessRecord {
+            request_id: done.request_id,
+            method: done.method,
+            route: match &ctx.route {
+                Some(r) => r.name.clone(),
+                None => Arc::from(UNMATCHED),
+            },
+            status: done.status,
+            duration: done.elapsed,
+            upstream_status: ctx.upstream_status,
+            cache: ctx.cache.map(Source::log),
+            client: done.client.addr,
+            reason: done.reason,
+        });
+    }
+
+    /// route → (body) → auth → policy → rewrite → cache/upstream. Returns at the
+    /// first failing phase; never builds an error response itself.
     async fn dispatch(
         &self,
         settings: &Settings,
         req: Request<Incoming>,
         client: ClientInfo,
         request_id: &str,
-        outcome: &mut Outcome,
+        ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        check_limits(&settings.config, &req)?;
+        let config = &settings.config;
+        check_limits(config, &req)?;
         let _permit = self
             .in_flight
             .try_acquire()
             .map_err(|_| GatewayError::ServerOverloaded)?;
-        // route::parse fails only on renew-shaped requests: label those `renew`.
-        let op = route::parse(req.method(), req.uri(), req.headers())
-            .inspect_err(|_| outcome.route = RouteName::Renew)?;
-        outcome.route = op.route();
-        match op {
-            Operation::Renew(renew) => {
-                self.renew(settings, renew, req, client, request_id, outcome)
-                    .await
+
+        // Phase 1: route (and the request syntax of path, query and body).
+        let (route, dispatch) = match settings.router.select(req.method(), req.uri())? {
+            Selected::Row { route, dispatch } => (route, dispatch),
+            Selected::Unmatched => {
+                return match config.routes.unmatched {
+                    Unmatched::Deny => Err(GatewayError::RouteNotFound),
+                    Unmatched::Forward => {
+                        if route::has_library_secret(req.uri()) {
+                            return Err(route::LIBRARY_SECRET);
+                        }
+                        self.forward_unchecked(settings, req, client, request_id, ctx)
+                            .await
+                    }
+                };
             }
-            Operation::Unmatched => match settings.config.routes.unmatched {
-                Unmatched::Deny => Err(GatewayError::RouteNotFound),
-                Unmatched::Forward => {
-                    self.forward(settings, req, client, request_id, outcome)
-                        .await
-                }
-            },
+        };
+        ctx.route = Some(route.clone());
+        let (parts, body) = req.into_parts();
+        let body = body::read(body, &config.server).await?;
+        let inspected = body::inspect(route, &dispatch, &body)?;
+        ctx.route = Some(inspected.route.clone());
+        let mut op = Operation::parse(inspected.route, &parts.uri, &parts.headers)?;
+        op.named_spaces.extend(inspected.named_spaces);
+        let body = match op.route.body {
+            BodyPolicy::None => Bytes::new(),
+            BodyPolicy::Json | BodyPolicy::JsonArray => body,
+        };
+
+        // Phases 2-3: auth and policy, as the row asks.
+        let caller_token = op.token.take();
+        let principal = match op.route.auth {
+            AuthPolicy::Public => None,
+            // SMH's own share token: SMH verifies it; the gateway grants nothing.
+            AuthPolicy::ShareToken => {
+                caller_token
+                    .as_ref()
+                    .ok_or(GatewayError::EmptyAccessToken)?;
+                None
+            }
+            AuthPolicy::Token => {
+                let token = caller_token
+                    .as_ref()
+                    .ok_or(GatewayError::EmptyAccessToken)?;
+                let principal = settings
+                    .verifier
+                    .verify_cached(token)
+                    .map_err(GatewayError::InvalidAccessToken)?;
+                let library = match &op.values.library {
+                    Some(l) => l.clone(),
+                    // Rows whose path names no library (shares by code) act in the
+                    // token's own.
+                    None => principal.library.clone().unwrap_or_default(),
+                };
+                let mut named = std::mem::take(&mut op.named_spaces);
+                named.extend(op.values.spaces.iter().map(|s| policy::NamedSpace {
+                    space: s.clone(),
+                    target: false,
+                }));
+                policy::authorize(
+                    &config.libraries,
+                    &principal,
+                    &policy::Request {
+                        scope: policy::Scope {
+                            library: &library,
+                            space: op.values.space.as_deref(),
+                        },
+                        named_spaces: &named,
+                        permissions: op.route.required(op.permanent),
+                        user_id: op.user_id.as_deref(),
+                    },
+                )?;
+                ctx.library = Some(library);
+                Some(principal)
+            }
+        };
+        let (credential, user_id) = match (&principal, &caller_token) {
+            (Some(principal), Some(token)) => {
+                let (credential, user_id) =
+                    settings
+                        .credential
+                        .choose(token, principal, op.user_id.as_deref())?;
+                (Some(credential), user_id.filter(|_| op.route.user_id))
+            }
+            (None, token) if op.route.auth == AuthPolicy::ShareToken => (token.as_ref(), None),
+            _ => (None, None),
+        };
+
+        // Phase 4: rewrite.
+        let traffic_limit = if op.route.traffic_limit {
+            let library = ctx.library.as_deref().unwrap_or_default();
+            let bounds = config.traffic_limit_for(library);
+            let (value, clamp) = rewrite::clamp_traffic_limit(op.traffic_limit, bounds);
+            match clamp {
+                Clamp::Up => self.metrics.clamped(true),
+                Clamp::Down => self.metrics.clamped(false),
+                Clamp::Unchanged => {}
+            }
+            value
+        } else {
+            None
+        };
+        ctx.traffic_limit = traffic_limit;
+        let path =
+            rewrite::upstream_path(self.upstream.base_path(), &op.route.template, &op.values);
+        let query = rewrite::upstream_query(&op, credential, user_id, traffic_limit);
+        let headers =
+            headers::upstream_request_headers(parts.headers, client.addr, client.proto, request_id);
+        let route_metrics = op.route.metrics(&self.metrics).clone();
+
+        // Phase 5: cache and upstream.
+        if let (CacheRole::Renew, Some(cache)) = (op.route.cache, &self.cache) {
+            let key = CacheKey::new(
+                op.values.library.as_deref().unwrap_or_default(),
+                op.values.space.as_deref().unwrap_or_default(),
+                op.values.key.as_deref().unwrap_or_default(),
+                user_id,
+                traffic_limit,
+                credential.unwrap_or(&NO_CREDENTIAL),
+            )
+            .varied_by(&rewrite::params_query(&op));
+            return self
+                .renew(
+                    cache,
+                    key,
+                    parts.method,
+                    format!("{path}?{query}"),
+                    headers,
+                    route_metrics,
+                    ctx,
+                )
+                .await;
         }
+        let resp = self
+            .send(
+                UpstreamRequest {
+                    method: parts.method,
+                    path_and_query: format!("{path}?{query}"),
+                    headers,
+                    body,
+                },
+                &route_metrics,
+                ctx,
+            )
+            .await?;
+        if op.route.cache == CacheRole::Invalidate
+            && let Some(cache) = &self.cache
+        {
+            let (library, space, key) = (&op.values.library, &op.values.space, &op.values.key);
+            // A Redis that cannot be reached leaves the entries to their TTL.
+            let _ = cache
+                .invalidate_upload(
+                    library.as_deref().unwrap_or_default(),
+                    space.as_deref().unwrap_or_default(),
+                    key.as_deref().unwrap_or_default(),
+                )
+                .await;
+        }
+        Ok(resp)
     }
 
+    /// A renew through the cache: the answer is buffered (it is shared by coalesced
+    /// callers and stored), and carries `X-Cache`.
+    #[allow(clippy::too_many_arguments)]
     async fn renew(
         &self,
-        settings: &Settings,
-        renew: RenewRequest,
-        req: Request<Incoming>,
-        client: ClientInfo,
-        request_id: &str,
-        outcome: &mut Outcome,
+        cache: &RenewCache,
+        key: CacheKey,
+        method: http::Method,
+        path_and_query: String,
+        mut headers: HeaderMap,
+        route_metrics: RouteMetrics,
+        ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        let config = &settings.config;
-        let (parts, body) = req.into_parts();
-        // SDKs send an empty form body; whatever comes is read (bounded) and dropped.
-        read_request_body(body, &config.server).await?;
-
-        let token = renew.token.as_ref().ok_or(GatewayError::EmptyAccessToken)?;
-        let principal = settings
-            .verifier
-            .verify_cached(token)
-            .map_err(GatewayError::InvalidAccessToken)?;
-        policy::authorize(
-            &config.libraries,
-            &principal,
-            &renew.scope,
-            RouteName::Renew.permissions(),
-            renew.user_id.as_deref(),
-        )?;
-        outcome.library = Some(renew.scope.library.clone());
-
-        let bounds = config.traffic_limit_for(&renew.scope.library);
-        let (traffic_limit, clamp) = rewrite::clamp_traffic_limit(renew.traffic_limit, bounds);
-        outcome.clamp = clamp;
-        outcome.traffic_limit = traffic_limit;
-        self.metrics.clamp(clamp);
-        let (credential, user_id) =
-            settings
-                .credential
-                .choose(token, &principal, renew.user_id.as_deref())?;
         // Built only on a miss: a hit never pays for the upstream request.
         let fetch = || {
-            let path_and_query = format!(
-                "{}?{}",
-                rewrite::renew_path(self.upstream.base_path(), &renew),
-                rewrite::renew_query(credential, user_id, traffic_limit)
-            );
-            let mut headers = headers::upstream_request_headers(
-                parts.headers,
-                client.addr,
-                client.proto,
-                request_id,
-            );
             headers.remove(header::CONTENT_LENGTH);
             // The answer is parsed (expiration) and shared by coalesced callers who
             // may not accept a compressed body: ask for it uncompressed.
@@ -381,29 +543,10 @@ impl Gateway {
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
-            self.fetch_renew(path_and_query, headers)
+            self.fetch_buffered(method, path_and_query, headers, route_metrics)
         };
-
-        let Some(cache) = &self.cache else {
-            let answer = fetch().await?;
-            outcome.upstream_status = Some(answer.status.as_u16());
-            return Ok(answer_response(
-                answer.status,
-                answer.headers,
-                answer.body,
-                None,
-            ));
-        };
-        let key = CacheKey::new(
-            &renew.scope.library,
-            &renew.scope.space,
-            &renew.confirm_key,
-            user_id,
-            traffic_limit,
-            credential,
-        );
         let lookup = cache.lookup(key, fetch).await;
-        outcome.cache = Some(lookup.source);
+        ctx.cache = Some(lookup.source);
         self.metrics.cache(lookup.metric);
         let x_cache = Some(HeaderValue::from_static(lookup.source.header()));
         Ok(match lookup.reply? {
@@ -412,10 +555,10 @@ impl Gateway {
                 if let Some(ct) = entry.content_type {
                     headers.insert(header::CONTENT_TYPE, ct);
                 }
-                answer_response(http::StatusCode::OK, headers, entry.body, x_cache)
+                answer_response(StatusCode::OK, headers, entry.body, x_cache)
             }
             Reply::Fetched(answer) => {
-                outcome.upstream_status = Some(answer.status.as_u16());
+                ctx.upstream_status = Some(answer.status.as_u16());
                 answer_response(
                     answer.status,
                     answer.headers.clone(),
@@ -426,13 +569,15 @@ impl Gateway {
         })
     }
 
-    /// The upstream exchange of a renew, as a future that owns everything it needs:
-    /// the cache runs it in a task of its own, so that it finishes for the other
-    /// waiters even when the client that started it goes away.
-    fn fetch_renew(
+    /// An upstream exchange whose answer is read whole, as a future that owns
+    /// everything it needs: the cache runs it in a task of its own, so that it
+    /// finishes for the other waiters even when the client that started it goes away.
+    fn fetch_buffered(
         &self,
+        method: http::Method,
         path_and_query: String,
         headers: HeaderMap,
+        route_metrics: RouteMetrics,
     ) -> impl Future<Output = Result<Answer, GatewayError>> + Send + 'static {
         let upstream = self.upstream.clone();
         let metrics = self.metrics.clone();
@@ -440,20 +585,24 @@ impl Gateway {
             let started = Instant::now();
             let sent = upstream
                 .send(UpstreamRequest {
-                    method: Method::POST,
+                    method,
                     path_and_query,
                     headers,
                     body: Bytes::new(),
                 })
                 .await;
             let (resp, deadline) = sent.inspect_err(|_| {
-                metrics.upstream(RouteName::Renew, started.elapsed());
+                metrics.upstream(&route_metrics, started.elapsed());
             })?;
+            check_response(&resp)?;
             let (mut parts, body) = resp.into_parts();
             let body = upstream::read_body(body, deadline).await;
-            metrics.upstream(RouteName::Renew, started.elapsed());
+            metrics.upstream(&route_metrics, started.elapsed());
             let body = body?;
             headers::strip_hop_by_hop(&mut parts.headers);
+            // The body is sent with the length of what was read, never the
+            // upstream's framing.
+            parts.headers.remove(header::CONTENT_LENGTH);
             Ok(Answer {
                 status: parts.status,
                 headers: parts.headers,
@@ -462,18 +611,39 @@ impl Gateway {
         }
     }
 
-    /// `routes.unmatched = "forward"`: passed through unchecked, for operators who
-    /// guard renew alone. Hop-by-hop and credential headers are still dropped.
-    async fn forward(
+    /// Sends a request upstream and streams the answer back.
+    async fn send(
+        &self,
+        req: UpstreamRequest,
+        route_metrics: &RouteMetrics,
+        ctx: &mut Context,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let started = Instant::now();
+        let sent = self.upstream.send(req).await;
+        // Until the response head: the body streams through afterwards.
+        self.metrics.upstream(route_metrics, started.elapsed());
+        let (resp, _) = sent?;
+        check_response(&resp)?;
+        ctx.upstream_status = Some(resp.status().as_u16());
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let body = upstream::StreamedBody::new(body, self.upstream.timeout());
+        Ok(Response::from_parts(parts, Either::Right(body)))
+    }
+
+    /// `routes.unmatched = "forward"`: a request that is no row (and no look-alike)
+    /// passes through unchecked, for operators who guard SMH's API partly elsewhere.
+    /// Hop-by-hop and credential headers are still dropped.
+    async fn forward_unchecked(
         &self,
         settings: &Settings,
         req: Request<Incoming>,
         client: ClientInfo,
         request_id: &str,
-        outcome: &mut Outcome,
+        ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let (parts, body) = req.into_parts();
-        let body = read_request_body(body, &settings.config.server).await?;
+        let body = body::read(body, &settings.config.server).await?;
         let target = parts
             .uri
             .path_and_query()
@@ -484,35 +654,40 @@ impl Gateway {
             self.upstream.base_path().trim_end_matches('/'),
             target
         );
-        let mut headers =
+        let headers =
             headers::upstream_request_headers(parts.headers, client.addr, client.proto, request_id);
-        headers.remove(header::CONTENT_LENGTH);
-        headers.remove(header::EXPECT);
-        let upstream_started = Instant::now();
-        let sent = self
-            .upstream
-            .send(UpstreamRequest {
+        let unmatched = self.unmatched.clone();
+        self.send(
+            UpstreamRequest {
                 method: parts.method,
                 path_and_query,
                 headers,
                 body,
-            })
-            .await;
-        // Until the response head: the body streams through afterwards.
-        self.metrics
-            .upstream(RouteName::Unmatched, upstream_started.elapsed());
-        let (resp, _) = sent?;
-        outcome.upstream_status = Some(resp.status().as_u16());
-        let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        let body = upstream::StreamedBody::new(body, self.upstream.timeout());
-        Ok(Response::from_parts(parts, Either::Right(body)))
+            },
+            &unmatched,
+            ctx,
+        )
+        .await
     }
+}
+
+/// The cache key's credential for a row sent without one (none is today).
+static NO_CREDENTIAL: std::sync::LazyLock<Secret> = std::sync::LazyLock::new(|| Secret::new(""));
+
+/// An upstream answer the gateway will not relay: a protocol switch it did not ask
+/// for, or framing that disagrees with itself (a response-splitting attempt).
+fn check_response(resp: &Response<Incoming>) -> Result<(), GatewayError> {
+    if resp.status().is_informational() || !headers::response_framing_is_sane(resp.headers()) {
+        return Err(GatewayError::UpstreamUnavailable(
+            crate::error::UpstreamFailure::Invalid,
+        ));
+    }
+    Ok(())
 }
 
 /// A buffered answer, with `X-Cache` when the cache was asked.
 fn answer_response(
-    status: http::StatusCode,
+    status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
     x_cache: Option<HeaderValue>,
@@ -551,28 +726,4 @@ fn check_limits(config: &Config, req: &Request<Incoming>) -> Result<(), GatewayE
         return Err(GatewayError::RequestEntityTooLarge);
     }
     Ok(())
-}
-
-/// Reads a request body, refusing one over `max` bytes (chunked ones included).
-/// Reads a request body, refusing one over `server.max_body_bytes` (chunked ones
-/// included) and one that does not arrive within `server.header_read_timeout`: a
-/// client trickling a body must not hold a request slot forever.
-async fn read_request_body(
-    body: Incoming,
-    server: &crate::config::ServerConfig,
-) -> Result<Bytes, GatewayError> {
-    use hyper::body::Body as _;
-    // The common case (SDKs send no body): no timer, no collecting.
-    if body.is_end_stream() {
-        return Ok(Bytes::new());
-    }
-    let read = Limited::new(body, server.max_body_bytes).collect();
-    match tokio::time::timeout(server.header_read_timeout, read).await {
-        Err(_) => Err(GatewayError::ReadRequestTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::RequestEntityTooLarge)
-        }
-        Ok(Err(_)) => Err(GatewayError::ParamInvalid("request body could not be read")),
-    }
 }

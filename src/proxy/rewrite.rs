@@ -8,8 +8,9 @@ use percent_encoding::{AsciiSet, utf8_percent_encode};
 use crate::config::{Config, ConfigError, CredentialMode, TrafficLimitBounds};
 use crate::error::{AuthFailure, GatewayError};
 use crate::proxy::auth::Principal;
-use crate::proxy::route::RenewRequest;
+use crate::proxy::route::{Operation, PathValues};
 use crate::secret::Secret;
+use crate::template::{Seg, Template};
 
 /// How a traffic_limit was changed, for the clamp metric and the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,42 +99,115 @@ const SEGMENT: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
 /// Query values use the same strict set (`+` would read as a space, `&`/`=` split).
 const QUERY_VALUE: &AsciiSet = SEGMENT;
 
-/// The path SMH receives: `upstream.url`'s own path, then the file API path rebuilt
-/// from the decoded, checked segments.
-pub fn renew_path(base_path: &str, renew: &RenewRequest) -> String {
-    let base = base_path.trim_end_matches('/');
-    format!(
-        "{base}/api/v1/file/{}/{}/{}",
-        utf8_percent_encode(&renew.scope.library, SEGMENT),
-        utf8_percent_encode(&renew.scope.space, SEGMENT),
-        utf8_percent_encode(&renew.confirm_key, SEGMENT),
-    )
+/// The path SMH receives: `upstream.url`'s own path, then the row's template filled
+/// with the decoded, checked values, each re-encoded as one segment (a FilePath's
+/// `/` as `%2F`, as SMH's SDKs send it).
+pub fn upstream_path(base_path: &str, template: &Template, v: &PathValues) -> String {
+    let mut out = String::with_capacity(96);
+    out.push_str(base_path.trim_end_matches('/'));
+    for seg in &template.segs {
+        out.push('/');
+        let value = match seg {
+            Seg::Lit(l) => {
+                out.push_str(l);
+                continue;
+            }
+            Seg::Library => v.library.as_deref(),
+            Seg::Space => v.space.as_deref(),
+            Seg::Key => v.key.as_deref(),
+            Seg::Id => v.id.as_deref(),
+            Seg::Path => v.path.as_deref(),
+            Seg::Spaces => {
+                out.extend(utf8_percent_encode(&v.spaces.join(","), SEGMENT));
+                continue;
+            }
+        };
+        out.extend(utf8_percent_encode(value.unwrap_or_default(), SEGMENT));
+    }
+    out
 }
 
-/// SPEC §5: `renew&access_token=…&user_id=…&traffic_limit=…`, absent ones left out.
-pub fn renew_query(
-    credential: &Secret,
+/// SPEC §5: the flag (bare, first), `access_token`, `user_id`, `traffic_limit`, then
+/// the row's other parameters in its order; absent ones left out.
+pub fn upstream_query(
+    op: &Operation,
+    credential: Option<&Secret>,
     user_id: Option<&str>,
     traffic_limit: Option<u64>,
 ) -> String {
-    let mut q = String::with_capacity(32 + credential.len());
-    q.push_str("renew&access_token=");
-    q.extend(utf8_percent_encode(credential.expose(), QUERY_VALUE));
-    if let Some(user) = user_id {
-        q.push_str("&user_id=");
-        q.extend(utf8_percent_encode(user, QUERY_VALUE));
+    let route = &op.route;
+    let mut q = String::with_capacity(48 + credential.map_or(0, Secret::len));
+    let sep = |q: &mut String| {
+        if !q.is_empty() {
+            q.push('&');
+        }
+    };
+    // A flag that is also a parameter of its row carries a value
+    // (`transcoding_template_id=h264_720p`): it goes first with it.
+    let valued_flag = route
+        .flag
+        .as_deref()
+        .and_then(|f| route.params.iter().position(|p| p == f));
+    match (route.flag.as_deref(), valued_flag) {
+        (Some(_), Some(at)) => {
+            if let Some((_, v)) = op.params.iter().find(|(i, _)| *i == at) {
+                push_pair(&mut q, &route.params[at], v);
+            }
+        }
+        (Some(flag), None) => q.push_str(flag),
+        (None, _) => {}
+    }
+    if let Some(c) = credential {
+        sep(&mut q);
+        push_pair(&mut q, "access_token", c.expose());
+    }
+    if let Some(u) = user_id {
+        sep(&mut q);
+        push_pair(&mut q, "user_id", u);
     }
     if let Some(tl) = traffic_limit {
-        q.push_str("&traffic_limit=");
-        q.push_str(&tl.to_string());
+        sep(&mut q);
+        q.push_str("traffic_limit=");
+        q.push_str(itoa::Buffer::new().format(tl));
     }
+    push_params(&mut q, op, valued_flag);
     q
+}
+
+/// The row's other parameters alone, canonically (the renew cache key varies by
+/// them).
+pub fn params_query(op: &Operation) -> String {
+    let mut q = String::new();
+    let valued_flag = op
+        .route
+        .flag
+        .as_deref()
+        .and_then(|f| op.route.params.iter().position(|p| p == f));
+    push_params(&mut q, op, valued_flag);
+    q
+}
+
+fn push_params(q: &mut String, op: &Operation, skip: Option<usize>) {
+    for (i, value) in &op.params {
+        if Some(*i) == skip {
+            continue;
+        }
+        if !q.is_empty() {
+            q.push('&');
+        }
+        push_pair(q, &op.route.params[*i], value);
+    }
+}
+
+fn push_pair(q: &mut String, key: &str, value: &str) {
+    q.extend(utf8_percent_encode(key, QUERY_VALUE));
+    q.push('=');
+    q.extend(utf8_percent_encode(value, QUERY_VALUE));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::route::Scope;
 
     const GLOBAL: TrafficLimitBounds = TrafficLimitBounds {
         min: 102_400,
@@ -189,42 +263,6 @@ mod tests {
             clamp_traffic_limit(Some(102_400), &tier),
             (Some(200_000), Clamp::Up)
         );
-    }
-
-    #[test]
-    fn query_is_canonical_and_encoded() {
-        let tok = Secret::new("a.b.c");
-        assert_eq!(renew_query(&tok, None, None), "renew&access_token=a.b.c");
-        assert_eq!(
-            renew_query(&tok, Some("u 1&x=y+z"), Some(102_400)),
-            "renew&access_token=a.b.c&user_id=u%201%26x%3Dy%2Bz&traffic_limit=102400"
-        );
-    }
-
-    #[test]
-    fn path_is_rebuilt_from_checked_segments() {
-        let r = RenewRequest {
-            scope: Scope {
-                library: "lib1".into(),
-                space: "-".into(),
-            },
-            confirm_key: "c k?#".into(),
-            token: None,
-            user_id: None,
-            traffic_limit: None,
-        };
-        assert_eq!(renew_path("/", &r), "/api/v1/file/lib1/-/c%20k%3F%23");
-        assert_eq!(
-            renew_path("/smh/", &r),
-            "/smh/api/v1/file/lib1/-/c%20k%3F%23"
-        );
-        assert_eq!(renew_path("", &r), "/api/v1/file/lib1/-/c%20k%3F%23");
-        let r = RenewRequest {
-            confirm_key: "..;x=1".into(),
-            ..r
-        };
-        // `;` is escaped: a server reading path parameters must not see `..`.
-        assert_eq!(renew_path("", &r), "/api/v1/file/lib1/-/..%3Bx%3D1");
     }
 
     fn principal(user: Option<&str>, credential: Option<&str>) -> Principal {

@@ -1,171 +1,708 @@
 //! Phase 1, route: method + path + query (+ the Authorization header) become a typed
-//! [`Operation`], once, at the edge. Later phases never re-read the raw request.
+//! [`Operation`] on one row of the route table, once, at the edge. Later phases never
+//! re-read the raw request.
 //!
-//! This phase also does the request-syntax checks of SPEC §3/§5 (the second step of
-//! the check order): path segments are percent-decoded and refused when they hold an
-//! encoded `/`, a control character, or are `.`/`..`; known parameters may appear
-//! once; traffic_limit must be ASCII digits. Unknown parameters are dropped here, which
-//! is how "forward exactly what was checked" starts.
+//! Matching (SPEC §11): segment by segment; literals match as sent (no escapes),
+//! parameters are compared percent-decoded; literal segments win over parameters;
+//! then the selector flag picks among the rows of one shape, in the table's order
+//! (SMH-ROUTES Q3); flag-less rows of one shape are told apart by body keys. This
+//! phase also does the request-syntax checks of SPEC §3/§5: segment contents,
+//! repeated parameters, traffic_limit syntax, `library_secret`. A request that is
+//! no row but would become one after normalising (decoding a literal, `//`, dot
+//! segments, `;` parameters, case) is a look-alike: 400, whatever `unmatched` says.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
-use http::{HeaderMap, Method, Uri, header};
+use http::{HeaderMap, Uri, header};
 
+use crate::config::RouteRule;
 use crate::error::GatewayError;
+use crate::metrics::RouteMetrics;
+use crate::proxy::policy::{NamedSpace, Permissions};
+use crate::proxy::routes::{
+    AuthPolicy, BodyPolicy, CacheRole, GrantSource, Method, ROUTES, RouteSpec, SpaceField,
+};
 use crate::secret::Secret;
+use crate::smh::is_valid_id;
+use crate::template::{Seg, Template};
 
-/// The file API prefix all SMH file operations share.
-const FILE_PREFIX: &str = "/api/v1/file/";
+/// One row of the effective table: a built-in [`RouteSpec`] with operator rules
+/// applied, its template parsed and its permissions compiled.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub method: Method,
+    pub template: Template,
+    pub flag: Option<String>,
+    pub body_key: Option<String>,
+    pub dispatch_default: bool,
+    pub params: Vec<String>,
+    pub body: BodyPolicy,
+    pub auth: AuthPolicy,
+    pub permissions: Permissions,
+    pub permanent: Option<Permissions>,
+    /// `None` when an operator rule set the permissions.
+    pub source: Option<GrantSource>,
+    pub user_id: bool,
+    pub traffic_limit: bool,
+    pub spaces: Vec<SpaceField>,
+    pub cache: CacheRole,
+    metrics: OnceLock<RouteMetrics>,
+}
 
-/// The operations the gateway knows, with the permissions each one requires (any one
-/// of them suffices). The one place where an operation's permissions are declared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RouteName {
-    Renew,
+impl Route {
+    fn from_spec(spec: &RouteSpec) -> Route {
+        Route {
+            name: Arc::from(spec.name),
+            method: spec.method,
+            template: Template::parse(spec.path).expect("built-in templates parse (tested)"),
+            flag: spec.flag.map(str::to_string),
+            body_key: spec.body_key.map(str::to_string),
+            dispatch_default: spec.dispatch_default,
+            params: spec.params.iter().map(|p| p.to_string()).collect(),
+            body: spec.body,
+            auth: spec.auth,
+            permissions: Permissions::parse(spec.permissions).expect("built-in grants (tested)"),
+            permanent: spec
+                .permanent
+                .map(|p| Permissions::parse(p).expect("built-in grants (tested)")),
+            source: Some(spec.source),
+            user_id: spec.user_id,
+            traffic_limit: spec.traffic_limit,
+            spaces: spec.spaces.to_vec(),
+            cache: spec.cache,
+            metrics: OnceLock::new(),
+        }
+    }
+
+    /// The row's metric children, resolved on first use.
+    pub fn metrics(&self, metrics: &crate::metrics::Metrics) -> &RouteMetrics {
+        self.metrics.get_or_init(|| metrics.route(&self.name))
+    }
+
+    /// The permissions this request needs (`permanent=1` asks for the stricter set).
+    pub fn required(&self, permanent: bool) -> &Permissions {
+        match (&self.permanent, permanent) {
+            (Some(p), true) => p,
+            _ => &self.permissions,
+        }
+    }
+
+    fn literal_mask(&self) -> u32 {
+        self.template
+            .segs
+            .iter()
+            .take(32)
+            .enumerate()
+            .filter(|(_, s)| !s.is_param())
+            .fold(0, |m, (i, _)| m | (1 << (31 - i)))
+    }
+}
+
+/// The effective route table, indexed for matching. Built per config (rules can
+/// change on reload).
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<Arc<Route>>,
+    /// Rows by method and their first three literal segments (`api/v1/file`).
+    index: HashMap<Method, HashMap<String, Vec<usize>>>,
+    /// Rows whose template starts with fewer than three literals (operator rules).
+    loose: Vec<usize>,
+}
+
+/// What the router made of a request head.
+#[derive(Debug)]
+pub enum Selected {
+    /// A row; `dispatch` lists the siblings told apart by body keys (empty when the
+    /// row is fixed by method, path and flag alone).
+    Row {
+        route: Arc<Route>,
+        dispatch: Vec<Arc<Route>>,
+    },
     Unmatched,
 }
 
-impl RouteName {
-    pub const ALL: [RouteName; 2] = [RouteName::Renew, RouteName::Unmatched];
-
-    /// The `route` label and access-log value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteName::Renew => "renew",
-            RouteName::Unmatched => "unmatched",
+impl Router {
+    /// The built-in table with the operator's rules applied. Errors name the rule.
+    pub fn new(rules: &[RouteRule]) -> Result<Router, (usize, &'static str, String)> {
+        let mut routes: Vec<Route> = ROUTES.iter().map(Route::from_spec).collect();
+        for (i, rule) in rules.iter().enumerate() {
+            let existing = routes.iter().position(|r| *r.name == *rule.name);
+            let route = match existing {
+                Some(at) => &mut routes[at],
+                None => {
+                    let (Some(method), Some(path), Some(_)) =
+                        (&rule.method, &rule.path, &rule.permissions)
+                    else {
+                        return Err((
+                            i,
+                            "name",
+                            format!(
+                                "{:?} is not a built-in route: a new rule needs method, path and permissions",
+                                rule.name
+                            ),
+                        ));
+                    };
+                    let method =
+                        Method::parse(method).ok_or((i, "method", "unknown method".into()))?;
+                    routes.push(Route {
+                        name: Arc::from(rule.name.as_str()),
+                        method,
+                        template: path.clone(),
+                        flag: None,
+                        body_key: None,
+                        dispatch_default: false,
+                        params: Vec::new(),
+                        body: BodyPolicy::Json,
+                        auth: AuthPolicy::Token,
+                        permissions: Permissions::default(),
+                        permanent: None,
+                        source: None,
+                        user_id: true,
+                        traffic_limit: false,
+                        spaces: Vec::new(),
+                        cache: CacheRole::None,
+                        metrics: OnceLock::new(),
+                    });
+                    routes.last_mut().expect("just pushed")
+                }
+            };
+            if let Some(m) = &rule.method {
+                route.method = Method::parse(m).ok_or((i, "method", "unknown method".into()))?;
+            }
+            if let Some(p) = &rule.path {
+                route.template = p.clone();
+            }
+            if let Some(f) = &rule.flag {
+                route.flag = Some(f.clone());
+            }
+            if let Some(p) = &rule.permissions {
+                route.permissions = Permissions::any_of(p);
+                route.permanent = None;
+                route.source = None;
+            }
+            if let Some(t) = rule.traffic_limit {
+                route.traffic_limit = t;
+            }
+            if let Some(p) = &rule.params {
+                route.params = p.clone();
+            }
         }
+        let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
+        let mut index: HashMap<Method, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut loose = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            let prefix: Vec<&str> = r.template.literal_prefix().take(3).collect();
+            if prefix.len() == 3 {
+                index
+                    .entry(r.method)
+                    .or_default()
+                    .entry(prefix.join("/"))
+                    .or_default()
+                    .push(i);
+            } else {
+                loose.push(i);
+            }
+        }
+        Ok(Router {
+            routes,
+            index,
+            loose,
+        })
     }
 
-    /// SMH's grants that allow the operation (SMH-NOTES §2, §3).
-    pub const fn permissions(self) -> &'static [&'static str] {
-        match self {
-            RouteName::Renew => &[
-                "admin",
-                "space_admin",
-                "upload_file",
-                "upload_file_force",
-                "begin_upload",
-                "begin_upload_force",
-            ],
-            RouteName::Unmatched => &[],
+    /// Every row, in table order (`smh-gateway routes`, the README table).
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// The effective table as Markdown: what `smh-gateway routes` prints and the
+    /// README's route table (a test keeps the two equal).
+    pub fn markdown(&self) -> String {
+        let mut out = String::from(
+            "| route | method | path | flag | permissions (any one) | source | traffic_limit | body |\n\
+             |---|---|---|---|---|---|---|---|\n",
+        );
+        for r in &self.routes {
+            let flag = match (&r.flag, &r.body_key, r.dispatch_default) {
+                (Some(f), _, _) => format!("`{f}`"),
+                (None, Some(k), _) => format!("body key `{k}`"),
+                (None, None, true) => "body: other keys".into(),
+                (None, None, false) => "—".into(),
+            };
+            let mut permissions = match r.auth {
+                AuthPolicy::Public => "public: no token".to_string(),
+                AuthPolicy::ShareToken => "a share token (SMH checks it)".to_string(),
+                AuthPolicy::Token if r.permissions.is_open() => "any valid token".to_string(),
+                AuthPolicy::Token => prose(&r.permissions),
+            };
+            if let Some(p) = &r.permanent {
+                permissions.push_str(&format!("; with `permanent=1`: {}", prose(p)));
+            }
+            let source = match r.source {
+                Some(GrantSource::Stated) => "stated",
+                Some(GrantSource::ReadRule) => "rule: read",
+                Some(GrantSource::WriteRule) => "rule: write",
+                Some(GrantSource::SmhChecks) => "SMH checks the creator",
+                Some(GrantSource::None) => "—",
+                None => "operator rule",
+            };
+            let body = match r.body {
+                BodyPolicy::None => "none",
+                BodyPolicy::Json => "JSON object",
+                BodyPolicy::JsonArray => "JSON array",
+            };
+            let tl = if r.traffic_limit {
+                "clamped"
+            } else {
+                "dropped"
+            };
+            out.push_str(&format!(
+                "| `{}` | {} | `{}` | {} | {} | {} | {} | {} |\n",
+                r.name,
+                r.method.as_str(),
+                r.template,
+                flag,
+                permissions,
+                source,
+                tl,
+                body
+            ));
+        }
+        out
+    }
+
+    /// Routes a request head. `Err` is a 400: a look-alike, two flags that select
+    /// different rows, or a path too deep for the row its flag selects.
+    pub fn select(&self, method: &http::Method, uri: &Uri) -> Result<Selected, GatewayError> {
+        let Some(m) = known_method(method)? else {
+            return Ok(Selected::Unmatched);
+        };
+        let path = uri.path();
+        let query = Query::parse(uri.query().unwrap_or(""));
+        let segs: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+        match self.select_segments(m, &segs, &query)? {
+            Selected::Unmatched => {}
+            row => return Ok(row),
+        }
+        // Not a row as sent: would it become one after normalising?
+        let normal = normalise(path);
+        let normal: Vec<&str> = normal.iter().map(String::as_str).collect();
+        if normal != segs
+            && !matches!(
+                self.select_segments(m, &normal, &query),
+                Ok(Selected::Unmatched)
+            )
+        {
+            return Err(LOOK_ALIKE);
+        }
+        Ok(Selected::Unmatched)
+    }
+
+    fn candidates(&self, m: Method, segs: &[&str]) -> impl Iterator<Item = usize> + '_ {
+        let indexed = (segs.len() >= 3)
+            .then_some(segs)
+            .and_then(|segs| {
+                let by_method = self.index.get(&m)?;
+                let mut k = String::with_capacity(24);
+                k.push_str(segs[0]);
+                k.push('/');
+                k.push_str(segs[1]);
+                k.push('/');
+                k.push_str(segs[2]);
+                by_method.get(k.as_str())
+            })
+            .map(|v| v.as_slice())
+            .unwrap_or(&[]);
+        indexed.iter().copied().chain(
+            self.loose
+                .iter()
+                .copied()
+                .filter(move |&i| self.routes[i].method == m),
+        )
+    }
+
+    fn select_segments(
+        &self,
+        m: Method,
+        segs: &[&str],
+        query: &Query<'_>,
+    ) -> Result<Selected, GatewayError> {
+        let mut best = 0u32;
+        let mut fits: Vec<(usize, bool)> = Vec::new();
+        for i in self.candidates(m, segs) {
+            let route = &self.routes[i];
+            let Some(exact) = fit(&route.template, segs) else {
+                continue;
+            };
+            let mask = route.literal_mask();
+            if mask > best || fits.is_empty() {
+                if mask > best {
+                    fits.clear();
+                }
+                best = best.max(mask);
+            }
+            if mask == best {
+                fits.push((i, exact));
+            }
+        }
+        if fits.is_empty() {
+            return Ok(Selected::Unmatched);
+        }
+        fits.sort_unstable_by_key(|(i, _)| *i);
+
+        let mut flagged: Vec<(usize, bool)> = fits
+            .iter()
+            .copied()
+            .filter(|(i, _)| {
+                self.routes[*i]
+                    .flag
+                    .as_deref()
+                    .is_some_and(|f| query.has(f))
+            })
+            .collect();
+        // Of rows with the same flag, the one the path fits exactly (restore one
+        // recycled item rather than the batch restore the path is too deep for).
+        flagged.sort_by_key(|&(i, exact)| (!exact, i));
+        if let Some(&(first, exact)) = flagged.first() {
+            let chosen = &self.routes[first];
+            for &(other, _) in &flagged[1..] {
+                let f = self.routes[other].flag.as_deref().unwrap_or_default();
+                if Some(f) != chosen.flag.as_deref() && !chosen.params.iter().any(|p| p == f) {
+                    return Err(GatewayError::ParamInvalid(
+                        "two selector flags that select different operations",
+                    ));
+                }
+            }
+            if !exact {
+                return Err(TOO_DEEP);
+            }
+            return Ok(Selected::Row {
+                route: self.routes[first].clone(),
+                dispatch: Vec::new(),
+            });
+        }
+        let flagless: Vec<(usize, bool)> = fits
+            .into_iter()
+            .filter(|(i, _)| self.routes[*i].flag.is_none())
+            .collect();
+        let exact: Vec<usize> = flagless.iter().filter(|f| f.1).map(|f| f.0).collect();
+        match exact.as_slice() {
+            [] => match flagless.last() {
+                // Only rows the path is too deep for: say so, rather than pass it on.
+                Some(_) => Err(TOO_DEEP),
+                None => Ok(Selected::Unmatched),
+            },
+            [one] => Ok(Selected::Row {
+                route: self.routes[*one].clone(),
+                dispatch: Vec::new(),
+            }),
+            several => {
+                let default = several
+                    .iter()
+                    .find(|&&i| self.routes[i].dispatch_default)
+                    .or_else(|| several.first())
+                    .copied()
+                    .expect("several is not empty");
+                let dispatch = several
+                    .iter()
+                    .filter(|&&i| self.routes[i].body_key.is_some())
+                    .map(|&i| self.routes[i].clone())
+                    .collect();
+                Ok(Selected::Row {
+                    route: self.routes[default].clone(),
+                    dispatch,
+                })
+            }
         }
     }
 }
 
-/// A request, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Operation {
-    Renew(RenewRequest),
-    /// Not an operation the gateway knows; `routes.unmatched` decides.
-    Unmatched,
+/// `admin | read_only & upload_file` as Markdown table text (a `|` would split
+/// the cell).
+fn prose(p: &Permissions) -> String {
+    p.to_string()
+        .split(" | ")
+        .map(|alt| {
+            alt.split(" & ")
+                .map(|g| format!("`{g}`"))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-impl Operation {
-    pub fn route(&self) -> RouteName {
-        match self {
-            Operation::Renew(_) => RouteName::Renew,
-            Operation::Unmatched => RouteName::Unmatched,
+const LOOK_ALIKE: GatewayError = GatewayError::ParamInvalid(
+    "the path is not canonical: an escaped literal, //, a dot segment, ; or upper case",
+);
+const TOO_DEEP: GatewayError =
+    GatewayError::ParamInvalid("path segment holds /, or the path is too deep");
+
+/// Whether `segs` fits `template`: `Some(true)` exactly, `Some(false)` when it
+/// would fit but for extra segments after a final single-segment parameter (the
+/// caller refuses those), `None` when it does not fit.
+fn fit(template: &Template, segs: &[&str]) -> Option<bool> {
+    let t = &template.segs;
+    let ends_with_path = t.last() == Some(&Seg::Path);
+    let fixed = if ends_with_path { t.len() - 1 } else { t.len() };
+    if segs.len() < fixed {
+        return None;
+    }
+    for (seg, raw) in t.iter().zip(segs) {
+        if let Seg::Lit(l) = seg
+            && l != raw
+        {
+            return None;
         }
+    }
+    if ends_with_path || segs.len() == t.len() {
+        return Some(true);
+    }
+    match t.last() {
+        Some(s) if s.is_param() => Some(false),
+        _ => None,
     }
 }
 
-/// Where in SMH an operation acts: the library and the space (`-` for none).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Scope {
-    pub library: String,
-    pub space: String,
+/// The method, when it is one SMH's API uses. Methods that are not all upper-case
+/// letters are refused (a lenient upstream might upper-case `post`).
+fn known_method(method: &http::Method) -> Result<Option<Method>, GatewayError> {
+    let s = method.as_str();
+    if !s.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(GatewayError::ParamInvalid(
+            "the method must be upper-case letters",
+        ));
+    }
+    Ok(Method::parse(s))
 }
 
-/// The space id SMH uses for a single-tenant library.
-pub const NO_SPACE: &str = "-";
+/// The path as a lenient server might read it: `;params` cut, escapes decoded
+/// (twice, for double encoding), encoded `/` split, `//` and `.` dropped, `..`
+/// applied, literals lower-cased.
+fn normalise(path: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for raw in path.split('/') {
+        let raw = raw.split(';').next().unwrap_or_default();
+        let mut s = raw.to_string();
+        for _ in 0..3 {
+            if !s.contains('%') {
+                break;
+            }
+            s = percent_encoding::percent_decode_str(&s)
+                .decode_utf8_lossy()
+                .into_owned();
+        }
+        for part in s.split('/') {
+            let part = part.split(';').next().unwrap_or_default();
+            match part {
+                "" | "." => {}
+                ".." => {
+                    out.pop();
+                }
+                p => out.push(p.to_ascii_lowercase()),
+            }
+        }
+    }
+    out
+}
 
-/// `POST /api/v1/file/{LibraryId}/{SpaceId}/{ConfirmKey}?renew&...`, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenewRequest {
-    pub scope: Scope,
-    pub confirm_key: String,
+/// The typed values of a request's path, decoded and checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathValues {
+    pub library: Option<String>,
+    pub space: Option<String>,
+    pub spaces: Vec<String>,
+    pub key: Option<String>,
+    pub id: Option<String>,
+    /// The FilePath, decoded, a leading `/` kept as sent; `""` or `"/"` is the root.
+    pub path: Option<String>,
+}
+
+impl PathValues {
+    /// Decodes `segs` against `template` (which they fit exactly).
+    pub fn parse(template: &Template, segs: &[&str]) -> Result<PathValues, GatewayError> {
+        let mut v = PathValues::default();
+        for (i, seg) in template.segs.iter().enumerate() {
+            match seg {
+                Seg::Lit(_) => {}
+                Seg::Library => v.library = Some(id_segment(segs[i])?),
+                Seg::Space => v.space = Some(id_segment(segs[i])?),
+                Seg::Key => v.key = Some(id_segment(segs[i])?),
+                Seg::Id => v.id = Some(id_segment(segs[i])?),
+                Seg::Spaces => {
+                    let list = decode_segment(segs[i])?;
+                    for s in list.split(',') {
+                        if !is_valid_id(s) {
+                            return Err(BAD_SEGMENT);
+                        }
+                        v.spaces.push(s.to_string());
+                    }
+                }
+                Seg::Path => v.path = Some(file_path(segs.get(i..).unwrap_or(&[]))?),
+            }
+        }
+        Ok(v)
+    }
+}
+
+const BAD_SEGMENT: GatewayError = GatewayError::ParamInvalid(
+    "path segment is empty, holds /, %, a control character, or is . or ..",
+);
+
+fn decode_segment(raw: &str) -> Result<String, GatewayError> {
+    percent_decode_strict(raw).ok_or(GatewayError::ParamInvalid(
+        "malformed percent-encoding in the path",
+    ))
+}
+
+/// A library, space, confirm key or id segment.
+fn id_segment(raw: &str) -> Result<String, GatewayError> {
+    let decoded = decode_segment(raw)?;
+    if !is_valid_id(&decoded) {
+        return Err(BAD_SEGMENT);
+    }
+    Ok(decoded)
+}
+
+/// A FilePath from one or more raw segments (SPEC §11).
+fn file_path(raw: &[&str]) -> Result<String, GatewayError> {
+    let mut decoded = String::new();
+    for (i, seg) in raw.iter().enumerate() {
+        if i > 0 {
+            decoded.push('/');
+        }
+        decoded.push_str(&decode_segment(seg)?);
+    }
+    let body = decoded.strip_prefix('/').unwrap_or(&decoded);
+    if !body.is_empty() {
+        for part in body.split('/') {
+            if part.is_empty() || part == "." || part == ".." || part.chars().any(char::is_control)
+            {
+                return Err(GatewayError::ParamInvalid(
+                    "FilePath holds an empty part, . or .., or a control character",
+                ));
+            }
+        }
+    }
+    Ok(decoded)
+}
+
+/// A request on a row, parsed: what the later phases check and forward.
+#[derive(Debug)]
+pub struct Operation {
+    pub route: Arc<Route>,
+    pub values: PathValues,
     /// From `access_token`, or `Authorization: Bearer`; `None` when absent or empty.
     pub token: Option<Secret>,
-    /// `None` when absent or empty.
+    /// `None` when absent, empty, or not a parameter of the row.
     pub user_id: Option<String>,
     /// ASCII digits, saturated into u64; clamped later, in rewrite.
     pub traffic_limit: Option<u64>,
+    /// The row's other parameters that were sent, decoded: (index in
+    /// `route.params`, value), in the row's order.
+    pub params: Vec<(usize, String)>,
+    /// `permanent=1` (or `true`) was sent.
+    pub permanent: bool,
+    /// Spaces named in the query (the body's are added by the body phase).
+    pub named_spaces: Vec<NamedSpace>,
 }
 
-/// Parses a request head into an [`Operation`], or a 400 for bad syntax on a route
-/// the gateway knows. An unknown route is `Ok(Operation::Unmatched)`, never an error.
-///
-/// Every `Err` this returns is about a renew (the only route with syntax checks so
-/// far), so callers may label it `renew`.
-pub fn parse(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Operation, GatewayError> {
-    let path = uri.path();
-    let Some(rest) = path.strip_prefix(FILE_PREFIX) else {
-        if method == Method::POST
-            && looks_like_file_api(path)
-            && Query::parse(uri.query().unwrap_or("")).has("renew")
-        {
-            return Err(NOT_CANONICAL);
+impl Operation {
+    /// Parses the path and query of a request on `route`.
+    pub fn parse(
+        route: Arc<Route>,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Operation, GatewayError> {
+        let path = uri.path();
+        let segs: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+        let values = PathValues::parse(&route.template, &segs)?;
+        let query = Query::parse(uri.query().unwrap_or(""));
+        if query.has("library_secret") {
+            return Err(LIBRARY_SECRET);
         }
-        return Ok(Operation::Unmatched);
-    };
-    let segments: Vec<&str> = rest.split('/').collect();
-    let query = Query::parse(uri.query().unwrap_or(""));
-
-    if method == Method::POST && query.has("renew") {
-        if segments.len() != 3 {
-            // A renew that is not in the one shape checked here (a trailing `/`, a
-            // deeper path) must not slip past the checks as an "unknown" request,
-            // which `unmatched = "forward"` would pass on unchecked.
-            return Err(NOT_CANONICAL);
+        if let Some(flag) = &route.flag {
+            query.single(flag)?;
         }
-        return parse_renew(&segments, &query, headers).map(Operation::Renew);
+        let (token, user_id, traffic_limit) = match route.auth {
+            AuthPolicy::Public => (None, None, None),
+            AuthPolicy::Token | AuthPolicy::ShareToken => {
+                let query_token = query
+                    .single("access_token")?
+                    .map(decode_value)
+                    .transpose()?;
+                let user_id = if route.user_id {
+                    query.single("user_id")?.map(decode_value).transpose()?
+                } else {
+                    None
+                };
+                let traffic_limit = if route.traffic_limit {
+                    query
+                        .single("traffic_limit")?
+                        .map(|raw| parse_traffic_limit(&decode_value(raw)?))
+                        .transpose()?
+                } else {
+                    None
+                };
+                (
+                    token(query_token, headers)?,
+                    user_id.filter(|u| !u.is_empty()),
+                    traffic_limit,
+                )
+            }
+        };
+        let mut params = Vec::new();
+        let mut permanent = false;
+        for (i, name) in route.params.iter().enumerate() {
+            if let Some(raw) = query.single(name)? {
+                let value = decode_value(raw)?;
+                if name == "permanent" {
+                    permanent = matches!(value.as_str(), "1" | "true");
+                }
+                params.push((i, value));
+            }
+        }
+        let mut named_spaces = Vec::new();
+        for field in &route.spaces {
+            if let SpaceField::Query(name) = field
+                && let Some(i) = route.params.iter().position(|p| p == name)
+                && let Some((_, v)) = params.iter().find(|(at, _)| *at == i)
+            {
+                if !is_valid_id(v) {
+                    return Err(GatewayError::ParamInvalid(
+                        "a space id in the query is invalid",
+                    ));
+                }
+                named_spaces.push(NamedSpace {
+                    space: v.clone(),
+                    target: false,
+                });
+            }
+        }
+        Ok(Operation {
+            route,
+            values,
+            token,
+            user_id,
+            traffic_limit,
+            params,
+            permanent,
+            named_spaces,
+        })
     }
-    Ok(Operation::Unmatched)
 }
 
-const NOT_CANONICAL: GatewayError = GatewayError::ParamInvalid(
-    "renew must be POST /api/v1/file/{LibraryId}/{SpaceId}/{ConfirmKey}?renew",
+/// `library_secret` never passes the gateway (SPEC §11).
+pub const LIBRARY_SECRET: GatewayError = GatewayError::ParamInvalid(
+    "library_secret is not accepted: the gateway authorises by its own tokens",
 );
 
-/// The file API prefix up to case, doubled slashes or dot segments: what a lenient
-/// upstream might still route to the file API.
-fn looks_like_file_api(path: &str) -> bool {
-    let parts: Vec<String> = path
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .take(3)
-        .map(str::to_ascii_lowercase)
-        .collect();
-    parts == ["api", "v1", "file"]
-}
-
-fn parse_renew(
-    segments: &[&str],
-    query: &Query<'_>,
-    headers: &HeaderMap,
-) -> Result<RenewRequest, GatewayError> {
-    let library = path_segment(segments[0])?;
-    let space = path_segment(segments[1])?;
-    let confirm_key = path_segment(segments[2])?;
-
-    query.single("renew")?;
-    let query_token = query
-        .single("access_token")?
-        .map(decode_value)
-        .transpose()?;
-    let user_id = query.single("user_id")?.map(decode_value).transpose()?;
-    let traffic_limit = query
-        .single("traffic_limit")?
-        .map(|raw| parse_traffic_limit(&decode_value(raw)?))
-        .transpose()?;
-
-    Ok(RenewRequest {
-        scope: Scope { library, space },
-        confirm_key,
-        token: token(query_token, headers)?,
-        user_id: user_id.filter(|u| !u.is_empty()),
-        traffic_limit,
-    })
+/// Whether an unmatched request carries `library_secret` (refused in forward mode).
+pub fn has_library_secret(uri: &Uri) -> bool {
+    Query::parse(uri.query().unwrap_or("")).has("library_secret")
 }
 
 /// The token from the query (SMH's convention) or `Authorization: Bearer` (an
@@ -216,32 +753,6 @@ pub fn parse_traffic_limit(value: &str) -> Result<u64, GatewayError> {
     }))
 }
 
-/// An id the gateway accepts as a path segment (also used to validate configured
-/// library ids): non-empty, no `/`, no control character, not `.` or `..`.
-pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id != "."
-        && id != ".."
-        && !id.contains('/')
-        && !id.chars().any(char::is_control)
-}
-
-/// One path segment, percent-decoded and checked.
-fn path_segment(raw: &str) -> Result<String, GatewayError> {
-    let decoded = percent_decode_strict(raw).ok_or(GatewayError::ParamInvalid(
-        "malformed percent-encoding in the path",
-    ))?;
-    if decoded.is_empty() {
-        return Err(GatewayError::ParamInvalid("empty path segment"));
-    }
-    if !is_valid_id(&decoded) {
-        return Err(GatewayError::ParamInvalid(
-            "path segment holds /, a control character, or is . or ..",
-        ));
-    }
-    Ok(decoded)
-}
-
 /// A query value: `+` is a space (form encoding, as SMH's SDKs send it), `%XX` is
 /// decoded, control characters are refused.
 fn decode_value(raw: &str) -> Result<String, GatewayError> {
@@ -290,8 +801,8 @@ fn percent_decode_cow(raw: &str) -> Option<Cow<'_, str>> {
         .map(|c| Cow::Owned(c.into_owned()))
 }
 
-/// The raw query as `key[=value]` pairs in order; keys decoded, values kept raw
-/// until a phase asks for one.
+/// The raw query as `key[=value]` pairs in order; keys decoded (form rules), values
+/// kept raw until a phase asks for one.
 struct Query<'a> {
     pairs: Vec<(Cow<'a, str>, &'a str)>,
 }
@@ -303,8 +814,16 @@ impl<'a> Query<'a> {
             .filter(|p| !p.is_empty())
             .map(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                // An undecodable key cannot be one we know; it is dropped with the rest.
-                let key = percent_decode_cow(k).unwrap_or_default();
+                let key = if k.contains('+') {
+                    Cow::Owned(
+                        percent_decode_cow(&k.replace('+', " "))
+                            .map(Cow::into_owned)
+                            .unwrap_or_default(),
+                    )
+                } else {
+                    // An undecodable key cannot be one we know; it is dropped with the rest.
+                    percent_decode_cow(k).unwrap_or_default()
+                };
                 (key, v)
             })
             .collect();
@@ -327,206 +846,4 @@ impl<'a> Query<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse_str(method: Method, target: &str) -> Result<Operation, GatewayError> {
-        parse(&method, &target.parse().unwrap(), &HeaderMap::new())
-    }
-
-    fn renew(target: &str) -> RenewRequest {
-        match parse_str(Method::POST, target) {
-            Ok(Operation::Renew(r)) => r,
-            other => panic!("{target}: {other:?}"),
-        }
-    }
-
-    fn rejected(target: &str) -> GatewayError {
-        match parse_str(Method::POST, target) {
-            Err(e) => e,
-            other => panic!("{target} was accepted: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn renew_with_sdk_shape_parses() {
-        let r = renew(
-            "/api/v1/file/lib1/-/ck123?renew=1&access_token=tok&user_id=u1&traffic_limit=500000",
-        );
-        assert_eq!(
-            r.scope,
-            Scope {
-                library: "lib1".into(),
-                space: "-".into()
-            }
-        );
-        assert_eq!(r.confirm_key, "ck123");
-        assert_eq!(r.token.as_ref().map(Secret::expose), Some("tok"));
-        assert_eq!(r.user_id.as_deref(), Some("u1"));
-        assert_eq!(r.traffic_limit, Some(500000));
-    }
-
-    #[test]
-    fn bare_renew_flag_and_absent_params() {
-        let r = renew("/api/v1/file/lib1/space2/ck?renew");
-        assert_eq!(r.token, None);
-        assert_eq!(r.user_id, None);
-        assert_eq!(r.traffic_limit, None);
-    }
-
-    #[test]
-    fn empty_token_and_user_id_count_as_absent() {
-        let r = renew("/api/v1/file/lib1/-/ck?renew&access_token=&user_id=");
-        assert_eq!(r.token, None);
-        assert_eq!(r.user_id, None);
-    }
-
-    #[test]
-    fn unknown_parameters_are_dropped() {
-        let r = renew("/api/v1/file/lib1/-/ck?renew&evil=1&access_token=t");
-        assert_eq!(r.token.as_ref().map(Secret::expose), Some("t"));
-    }
-
-    #[test]
-    fn renew_look_alikes_are_refused_not_unmatched() {
-        for t in [
-            "/api/v1/file/lib1/-/a/b?renew",
-            "/api/v1/file/lib1/-?renew",
-            "/api/v1/file/lib1/-/ck/?renew",
-            "/api/v1//file/lib1/-/ck?renew",
-            "/API/v1/file/lib1/-/ck?renew",
-            "//api/v1/file/lib1/-/ck?renew=1",
-        ] {
-            assert_eq!(rejected(t).code(), "ParamInvalid", "{t}");
-        }
-    }
-
-    #[test]
-    fn other_requests_are_unmatched() {
-        for (m, t) in [
-            (Method::GET, "/api/v1/file/lib1/-/ck?renew"),
-            (Method::POST, "/api/v1/file/lib1/-/ck?confirm"),
-            (Method::POST, "/api/v1/file/lib1/-/a/b?multipart"),
-            (Method::POST, "/api/v1/token?renew"),
-            (Method::POST, "/"),
-        ] {
-            assert_eq!(parse_str(m.clone(), t), Ok(Operation::Unmatched), "{m} {t}");
-        }
-    }
-
-    #[test]
-    fn renew_with_repeated_parameters_is_rejected() {
-        for q in [
-            "renew&renew",
-            "renew&access_token=a&access_token=a",
-            "renew&user_id=a&user_id=b",
-            "renew&traffic_limit=1&traffic_limit=2",
-            "renew&traffic_limit=1&%74raffic_limit=2",
-        ] {
-            let e = rejected(&format!("/api/v1/file/lib1/-/ck?{q}"));
-            assert_eq!(e.code(), "ParamInvalid", "{q}");
-        }
-    }
-
-    #[test]
-    fn bad_path_segments_are_rejected() {
-        for p in [
-            "ck%2Fx", "ck%2fx", "%2e%2e", "..", ".", "%2E", "ck%00", "ck%0a", "ck%zz", "ck%", "%ff",
-        ] {
-            let e = rejected(&format!("/api/v1/file/lib1/-/{p}?renew"));
-            assert_eq!(e.code(), "ParamInvalid", "{p}");
-        }
-        assert_eq!(
-            rejected("/api/v1/file/%2e%2e/-/ck?renew").code(),
-            "ParamInvalid"
-        );
-        assert_eq!(
-            rejected("/api/v1/file/lib1//ck?renew").code(),
-            "ParamInvalid"
-        );
-        assert_eq!(
-            rejected("/api/v1/file/lib1/a%2Fb/ck?renew").code(),
-            "ParamInvalid"
-        );
-    }
-
-    #[test]
-    fn encoded_segments_are_compared_decoded() {
-        let r = renew("/api/v1/file/lib%31/-/c%6B%20x?renew");
-        assert_eq!(r.scope.library, "lib1");
-        assert_eq!(r.confirm_key, "ck x");
-    }
-
-    #[test]
-    fn traffic_limit_syntax() {
-        assert_eq!(parse_traffic_limit("0"), Ok(0));
-        assert_eq!(parse_traffic_limit("00102400"), Ok(102400));
-        assert_eq!(
-            parse_traffic_limit("99999999999999999999999999"),
-            Ok(u64::MAX)
-        );
-        for bad in ["", "-1", "+1", "1.5", "1e6", " 1", "1 ", "0x10", "１"] {
-            assert!(parse_traffic_limit(bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(
-            rejected("/api/v1/file/l/-/c?renew&traffic_limit=").code(),
-            "ParamInvalid"
-        );
-        assert_eq!(
-            rejected("/api/v1/file/l/-/c?renew&traffic_limit=1%20").code(),
-            "ParamInvalid"
-        );
-        assert_eq!(
-            rejected("/api/v1/file/l/-/c?renew&traffic_limit=1+").code(),
-            "ParamInvalid"
-        );
-    }
-
-    #[test]
-    fn control_characters_in_values_are_rejected() {
-        assert_eq!(
-            rejected("/api/v1/file/l/-/c?renew&user_id=a%0d%0aX:1").code(),
-            "ParamInvalid"
-        );
-        assert_eq!(
-            rejected("/api/v1/file/l/-/c?renew&access_token=a%00").code(),
-            "ParamInvalid"
-        );
-    }
-
-    #[test]
-    fn bearer_token_and_conflicts() {
-        let uri: Uri = "/api/v1/file/l/-/c?renew".parse().unwrap();
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        let Ok(Operation::Renew(r)) = parse(&Method::POST, &uri, &h) else {
-            panic!()
-        };
-        assert_eq!(r.token.as_ref().map(Secret::expose), Some("abc"));
-
-        let same: Uri = "/api/v1/file/l/-/c?renew&access_token=abc".parse().unwrap();
-        assert!(parse(&Method::POST, &same, &h).is_ok());
-
-        let differ: Uri = "/api/v1/file/l/-/c?renew&access_token=xyz".parse().unwrap();
-        assert_eq!(
-            parse(&Method::POST, &differ, &h).unwrap_err().code(),
-            "ParamInvalid"
-        );
-
-        let mut basic = HeaderMap::new();
-        basic.insert(header::AUTHORIZATION, "Basic dTpw".parse().unwrap());
-        let Ok(Operation::Renew(r)) = parse(&Method::POST, &uri, &basic) else {
-            panic!()
-        };
-        assert_eq!(r.token, None);
-    }
-
-    #[test]
-    fn ids() {
-        assert!(is_valid_id("lib-1_x"));
-        assert!(is_valid_id("-"));
-        for bad in ["", ".", "..", "a/b", "a\u{7f}", "a\nb"] {
-            assert!(!is_valid_id(bad), "{bad:?}");
-        }
-    }
-}
+mod tests;
