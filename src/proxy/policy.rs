@@ -48,6 +48,11 @@ impl Permissions {
         }
     }
 
+    /// The alternatives: any one suffices, each needs all its grants.
+    pub fn alternatives(&self) -> &[Vec<String>] {
+        &self.alternatives
+    }
+
     /// True when any verified token will do.
     pub fn is_open(&self) -> bool {
         self.alternatives.is_empty()
