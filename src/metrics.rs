@@ -92,6 +92,7 @@ pub struct Metrics {
     in_flight: IntGauge,
     connections: IntGauge,
     access_log_dropped: IntCounter,
+    connection_errors: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     cache_by_result: [IntCounter; CacheResult::ALL.len()],
@@ -247,6 +248,15 @@ impl Metrics {
             "smh_gateway_open_connections",
             "Client connections open now.",
         );
+        let connection_errors = counter(
+            &registry,
+            "smh_gateway_connection_errors_total",
+            "Client connections that ended in an error, by kind: parse (a request hyper refused to parse: smuggling attempts), too_large (a head over the buffer), timeout (no head in time), other.",
+            &["kind"],
+        );
+        for k in ["parse", "too_large", "timeout", "other"] {
+            connection_errors.with_label_values(&[k]);
+        }
         let access_log_dropped = IntCounter::new(
             "smh_gateway_access_log_dropped_total",
             "Access-log lines dropped because stdout could not keep up.",
@@ -333,6 +343,7 @@ impl Metrics {
             in_flight,
             connections,
             access_log_dropped,
+            connection_errors,
         };
         for route in common_routes {
             metrics.route(route);
@@ -389,6 +400,11 @@ impl Metrics {
             Counted::Upstream(kind) => self.upstream_errors.with_label_values(&[kind]).inc(),
             Counted::Request => {}
         }
+    }
+
+    /// A client connection that ended in an error of this kind.
+    pub fn connection_error(&self, kind: &str) {
+        self.connection_errors.with_label_values(&[kind]).inc();
     }
 
     /// A traffic_limit raised to the minimum (`up`) or lowered to the maximum.

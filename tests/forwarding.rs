@@ -647,3 +647,149 @@ async fn a_forwarded_body_that_stalls_is_cut_after_upstream_timeout() {
         "the stalled body was not cut"
     );
 }
+
+#[tokio::test]
+async fn requests_hyper_refuses_to_parse_are_counted_and_logged() {
+    let gw = start().await;
+    let tok = token();
+    // Content-Length and Transfer-Encoding together: hyper reads the body as
+    // chunked, drops the Content-Length, answers and closes the connection
+    // (RFC 9112 §6.3), so the smuggled second request is never read; the gateway
+    // forwards with framing of its own.
+    let out = raw(
+        gw.addr,
+        format!(
+            "POST /api/v1/file/lib1/-/ck?renew&access_token={tok} HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/v1/file/lib1/-/x?info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("connection: close"), "{out}");
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+    let got = gw.mock.last().unwrap();
+    assert!(got.headers.get("transfer-encoding").is_none());
+    assert!(got.body.is_empty());
+    gw.mock.clear();
+    let _ = gw.wait_log_lines().await;
+    for smuggle in [
+        // Two different Content-Lengths.
+        format!(
+            "POST /api/v1/file/lib1/-/ck?renew&access_token={tok} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+        ),
+        // obs-fold.
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n".to_string(),
+    ] {
+        let out = raw(gw.addr, smuggle.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    }
+    assert_eq!(gw.mock.count(), 0);
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines.extend(gw.wait_log_lines().await);
+        if lines.len() >= 2 {
+            break;
+        }
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["route"], "connection");
+        assert_eq!(l["status"], 400);
+        assert_eq!(l["reason"], "unparsable_request");
+        assert!(!l.to_string().contains(&tok));
+    }
+    assert_eq!(
+        gw.metric("smh_gateway_connection_errors_total{kind=\"parse\"}")
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn methods_are_bounded_in_the_log_and_lower_case_is_refused() {
+    let gw = start().await;
+    let long = "X".repeat(3000);
+    let out = raw(
+        gw.addr,
+        format!("{long} /api/v1/file/lib1/-/ck?renew HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    let out = raw(
+        gw.addr,
+        b"post /api/v1/file/lib1/-/ck?renew HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let lines = gw.wait_log_lines().await;
+    assert!(lines.iter().all(|l| l["method"] == "OTHER"), "{lines:?}");
+    assert_eq!(gw.mock.count(), 0);
+}
+
+/// An upstream that answers every request with these raw bytes, then closes.
+async fn raw_upstream(answer: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn upstream_answers_with_conflicting_framing_or_a_protocol_switch_are_502() {
+    for answer in [
+        // Content-Length and chunked: relaying the de-chunked body under the stale
+        // length would split the client's next response.
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"a\":\"0123456\"}\r\n0\r\n\r\n"[..],
+        &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"[..],
+    ] {
+        for cache in ["true", "false"] {
+            let gw = start_with(Setup {
+                upstream_url: Some(raw_upstream(answer).await),
+                rest: format!("[cache]\nenabled = {cache}\n"),
+                ..Setup::default()
+            })
+            .await;
+            let r = gw.renew(&format!("access_token={}", token())).await;
+            r.assert_error(502, "UpstreamUnavailable");
+            assert!(r.headers.get("x-cache").is_none() || cache == "true");
+            let info = gw
+                .request(
+                    Method::GET,
+                    &format!("/api/v1/file/lib1/-/a.txt?info&access_token={}", token()),
+                    &[],
+                    b"",
+                )
+                .await;
+            info.assert_error(502, "UpstreamUnavailable");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_buffered_answer_carries_the_length_of_what_was_read() {
+    // Chunked from the upstream, buffered by the renew cache: the client gets one
+    // Content-Length, computed, and no Transfer-Encoding.
+    let gw = start_with(Setup {
+        upstream_url: Some(
+            raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+                .await,
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let r = gw.renew(&format!("access_token={}", token())).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), b"{}");
+    assert_eq!(r.headers["content-length"], "2");
+    assert!(r.headers.get("transfer-encoding").is_none());
+}

@@ -309,6 +309,34 @@ impl Gateway {
         resp
     }
 
+    /// A connection hyper ended with an error. Requests it refused while parsing
+    /// never reached [`Gateway::handle`]: they are counted here, and parse refusals
+    /// (smuggling attempts among them) get an access-log line of their own, with
+    /// route `connection`.
+    pub fn connection_error(&self, client: ClientInfo, kind: crate::server::ConnectionError) {
+        use crate::server::ConnectionError as K;
+        self.metrics.connection_error(kind.as_str());
+        let status = match kind {
+            K::Parse => 400,
+            K::TooLarge => 431,
+            K::Timeout | K::Other => return,
+        };
+        self.access_log.record(AccessRecord {
+            request_id: self.request_ids.next(),
+            method: "-",
+            route: Arc::from("connection"),
+            status,
+            duration: std::time::Duration::ZERO,
+            upstream_status: None,
+            cache: None,
+            client: client.addr,
+            reason: Some(match kind {
+                K::Parse => "unparsable_request",
+                _ => "request_head_too_large",
+            }),
+        });
+    }
+
     /// The logging phase: the request's metrics and its access-log line, once.
     fn log(&self, settings: &Settings, ctx: &Context, done: Finished) {
         let route_metrics = match &ctx.route {

@@ -117,6 +117,7 @@ pub const FAMILIES: &[(&str, &[&str])] = &[
     ("smh_gateway_in_flight_requests", &[]),
     ("smh_gateway_open_connections", &[]),
     ("smh_gateway_access_log_dropped_total", &[]),
+    ("smh_gateway_connection_errors_total", &["kind"]),
 ];
 
 /// The family a sample belongs to, and whether it is a histogram bucket.
