@@ -787,3 +787,32 @@ fn leeway_over_an_hour_is_an_error() {
     )]);
     assert!(parse(&with("auth.leeway = \"1h\"")).is_ok());
 }
+
+#[test]
+fn route_rules_are_validated_with_their_key() {
+    let base = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[[auth.keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret_env = \"X\"\n";
+    let cases = [
+        ("name = \"Bad-Name\"", "routes.rules[0].name"),
+        ("name = \"unmatched\"", "routes.rules[0].name"),
+        ("name = \"x\"\nmethod = \"PATCH\"", "routes.rules[0].method"),
+        ("name = \"x\"\npath = \"/api/v1/%66ile\"", "routes.rules[0].path"),
+        ("name = \"x\"\npath = \"/api/{path}/x\"", "routes.rules[0].path"),
+        ("name = \"x\"\npermissions = [\"upload_files\"]", "routes.rules[0].permissions"),
+        ("name = \"x\"\npermissions = []", "routes.rules[0].permissions"),
+        ("name = \"x\"\ntraffic_limit = \"keep\"", "routes.rules[0].traffic_limit"),
+        ("name = \"x\"\nparams = [\"library_secret\"]", "routes.rules[0].params"),
+        ("name = \"x\"\nflag = \"a b\"", "routes.rules[0].flag"),
+        ("name = \"x\"\nsurprise = 1", "routes.rules[0].surprise"),
+    ];
+    for (rule, key) in cases {
+        let text = format!("{base}[[routes.rules]]\n{rule}\n");
+        let e = Config::parse(Path::new("t.toml"), &text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{rule}: {e}");
+    }
+    let ok = format!(
+        "{base}[[routes.rules]]\nname = \"renew\"\npermissions = [\"admin\"]\n[[routes.rules]]\nname = \"vendor\"\nmethod = \"GET\"\npath = \"/api/v1/v/{{library}}\"\npermissions = [\"admin\"]\ntraffic_limit = \"clamp\"\n"
+    );
+    let config = Config::parse(Path::new("t.toml"), &ok).unwrap();
+    assert_eq!(config.routes.rules.len(), 2);
+    assert_eq!(config.routes.rules[1].traffic_limit, Some(true));
+}
