@@ -795,12 +795,30 @@ fn route_rules_are_validated_with_their_key() {
         ("name = \"Bad-Name\"", "routes.rules[0].name"),
         ("name = \"unmatched\"", "routes.rules[0].name"),
         ("name = \"x\"\nmethod = \"PATCH\"", "routes.rules[0].method"),
-        ("name = \"x\"\npath = \"/api/v1/%66ile\"", "routes.rules[0].path"),
-        ("name = \"x\"\npath = \"/api/{path}/x\"", "routes.rules[0].path"),
-        ("name = \"x\"\npermissions = [\"upload_files\"]", "routes.rules[0].permissions"),
-        ("name = \"x\"\npermissions = []", "routes.rules[0].permissions"),
-        ("name = \"x\"\ntraffic_limit = \"keep\"", "routes.rules[0].traffic_limit"),
-        ("name = \"x\"\nparams = [\"library_secret\"]", "routes.rules[0].params"),
+        (
+            "name = \"x\"\npath = \"/api/v1/%66ile\"",
+            "routes.rules[0].path",
+        ),
+        (
+            "name = \"x\"\npath = \"/api/{path}/x\"",
+            "routes.rules[0].path",
+        ),
+        (
+            "name = \"x\"\npermissions = [\"upload_files\"]",
+            "routes.rules[0].permissions",
+        ),
+        (
+            "name = \"x\"\npermissions = []",
+            "routes.rules[0].permissions",
+        ),
+        (
+            "name = \"x\"\ntraffic_limit = \"keep\"",
+            "routes.rules[0].traffic_limit",
+        ),
+        (
+            "name = \"x\"\nparams = [\"library_secret\"]",
+            "routes.rules[0].params",
+        ),
         ("name = \"x\"\nflag = \"a b\"", "routes.rules[0].flag"),
         ("name = \"x\"\nsurprise = 1", "routes.rules[0].surprise"),
     ];
