@@ -793,3 +793,33 @@ async fn a_buffered_answer_carries_the_length_of_what_was_read() {
     assert_eq!(r.headers["content-length"], "2");
     assert!(r.headers.get("transfer-encoding").is_none());
 }
+
+#[tokio::test]
+async fn a_renew_answer_too_large_to_buffer_passes_through_uncached() {
+    let body = format!(r#"{{"pad":"{}"}}"#, "x".repeat(3 << 20));
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer: &'static [u8] = Box::leak(answer.into_bytes().into_boxed_slice());
+    for cache in ["true", "false"] {
+        let gw = start_with(Setup {
+            upstream_url: Some(raw_upstream(answer).await),
+            rest: format!("[cache]\nenabled = {cache}\n"),
+            ..Setup::default()
+        })
+        .await;
+        for _ in 0..2 {
+            let r = gw.renew(&format!("access_token={}", token())).await;
+            assert_eq!(r.status, 200, "cache {cache}");
+            assert_eq!(r.body.len(), body.len(), "cache {cache}");
+            assert!(r.body.as_ref() == body.as_bytes());
+            if cache == "true" {
+                // Never stored: every call is a miss.
+                assert_eq!(r.headers["x-cache"], "MISS");
+            } else {
+                assert!(r.headers.get("x-cache").is_none());
+            }
+        }
+    }
+}

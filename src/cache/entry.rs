@@ -17,7 +17,33 @@ use crate::error::{GatewayError, UpstreamFailure};
 pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    /// The whole body, or its first part when `rest` holds the remainder.
     pub body: Bytes,
+    /// An answer too large to buffer: the rest of its body, still streaming, which
+    /// one caller takes and relays (such an answer is never stored or published).
+    pub rest: Option<Rest>,
+}
+
+/// The unread remainder of an answer too large to buffer, for the one caller that
+/// takes it.
+#[derive(Clone, Default)]
+pub struct Rest(std::sync::Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>);
+
+impl Rest {
+    pub fn new(body: hyper::body::Incoming) -> Rest {
+        Rest(std::sync::Arc::new(std::sync::Mutex::new(Some(body))))
+    }
+
+    /// The remainder, for the first caller that asks; `None` afterwards.
+    pub fn take(&self) -> Option<hyper::body::Incoming> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for Rest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rest(..)")
+    }
 }
 
 /// A cached renew answer: a 200 with this body, served until `expires_at`.
@@ -66,7 +92,10 @@ impl Lifetime {
     /// status but 200, a body that is not SMH's JSON or is over [`MAX_ENTRY_BODY`],
     /// an `expiration` that does not parse or is too close.
     pub fn entry_for(&self, answer: &Answer, now: u64) -> Option<Entry> {
-        if answer.status != StatusCode::OK || answer.body.len() > MAX_ENTRY_BODY {
+        if answer.status != StatusCode::OK
+            || answer.body.len() > MAX_ENTRY_BODY
+            || answer.rest.is_some()
+        {
             return None;
         }
         let expiration = parse_expiration(&answer.body)?;
@@ -157,6 +186,11 @@ pub enum Published {
 pub fn encode_result(result: &Result<Answer, GatewayError>) -> Vec<u8> {
     let mut out = BytesMut::new();
     match result {
+        // Remote waiters cannot share a stream: they get the generic 502.
+        Ok(a) if a.rest.is_some() => {
+            out.extend_from_slice(b"e\n");
+            out.extend_from_slice(b"invalid");
+        }
         Ok(a) => {
             out.extend_from_slice(b"a\n");
             out.extend_from_slice(a.status.as_str().as_bytes());
@@ -191,6 +225,7 @@ pub fn decode_result(bytes: Bytes) -> Option<Published> {
                 status,
                 headers,
                 body: bytes.slice(body_at..),
+                rest: None,
             }))
         }
         _ => None,
@@ -259,6 +294,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             headers,
             body: Bytes::from(body.to_string()),
+            rest: None,
         }
     }
 

@@ -324,6 +324,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: Bytes::from(format!(r#"{{"expiration":"{expiration}"}}"#)),
+            rest: None,
         }
     }
 

@@ -37,6 +37,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, AccessRecord, method_label};
+use crate::cache::entry::Rest;
 use crate::cache::{Answer, CacheKey, RenewCache, Reply, Source};
 use crate::config::{Config, ConfigError, Unmatched};
 use crate::error::GatewayError;
@@ -585,6 +586,26 @@ impl Gateway {
                 }
                 answer_response(StatusCode::OK, headers, entry.body, x_cache)
             }
+            Reply::Fetched(answer) if answer.rest.is_some() => {
+                // Too large to buffer: streamed on, uncached, to the one caller that
+                // takes the rest; a coalesced caller that finds it taken gets 502.
+                let rest = answer.rest.as_ref().and_then(Rest::take).ok_or(
+                    GatewayError::UpstreamUnavailable(crate::error::UpstreamFailure::Invalid),
+                )?;
+                ctx.upstream_status = Some(answer.status.as_u16());
+                let body = upstream::StreamedBody::after(
+                    Some(answer.body.clone()),
+                    rest,
+                    self.upstream.timeout(),
+                );
+                let mut resp = Response::new(Either::Right(body));
+                *resp.status_mut() = answer.status;
+                *resp.headers_mut() = answer.headers.clone();
+                if let Some(v) = x_cache {
+                    resp.headers_mut().insert(X_CACHE.clone(), v);
+                }
+                resp
+            }
             Reply::Fetched(answer) => {
                 ctx.upstream_status = Some(answer.status.as_u16());
                 answer_response(
@@ -626,15 +647,21 @@ impl Gateway {
             let (mut parts, body) = resp.into_parts();
             let body = upstream::read_body(body, deadline).await;
             metrics.upstream(&route_metrics, started.elapsed());
-            let body = body?;
             headers::strip_hop_by_hop(&mut parts.headers);
-            // The body is sent with the length of what was read, never the
-            // upstream's framing.
-            parts.headers.remove(header::CONTENT_LENGTH);
+            let (body, rest) = match body? {
+                upstream::ReadBody::Whole(body) => {
+                    // The body is sent with the length of what was read, never the
+                    // upstream's framing.
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    (body, None)
+                }
+                upstream::ReadBody::TooLarge(prefix, rest) => (prefix, Some(Rest::new(rest))),
+            };
             Ok(Answer {
                 status: parts.status,
                 headers: parts.headers,
                 body,
+                rest,
             })
         }
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -140,17 +140,36 @@ impl Upstream {
     }
 }
 
-/// Reads a whole upstream body by `deadline`, within [`MAX_BUFFERED_RESPONSE`].
-pub async fn read_body(body: Incoming, deadline: Instant) -> Result<Bytes, GatewayError> {
-    match tokio::time::timeout_at(
-        deadline,
-        Limited::new(body, MAX_BUFFERED_RESPONSE).collect(),
-    )
-    .await
-    {
+/// An upstream body read for buffering.
+pub enum ReadBody {
+    Whole(Bytes),
+    /// Over [`MAX_BUFFERED_RESPONSE`]: what was read, and the rest, still unread.
+    TooLarge(Bytes, Incoming),
+}
+
+/// Reads an upstream body by `deadline`; one larger than [`MAX_BUFFERED_RESPONSE`]
+/// is handed back half-read, to be streamed on rather than refused.
+pub async fn read_body(mut body: Incoming, deadline: Instant) -> Result<ReadBody, GatewayError> {
+    use hyper::body::Body as _;
+    let read = async {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|_| GatewayError::UpstreamUnavailable(UpstreamFailure::Invalid))?;
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+                if buf.len() > MAX_BUFFERED_RESPONSE && !body.is_end_stream() {
+                    return Ok((buf, true));
+                }
+            }
+        }
+        Ok::<_, GatewayError>((buf, false))
+    };
+    match tokio::time::timeout_at(deadline, read).await {
         Err(_) => Err(GatewayError::UpstreamTimeout),
-        Ok(Err(_)) => Err(GatewayError::UpstreamUnavailable(UpstreamFailure::Invalid)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok((buf, false))) => Ok(ReadBody::Whole(buf.freeze())),
+        Ok(Ok((buf, true))) => Ok(ReadBody::TooLarge(buf.freeze(), body)),
     }
 }
 
@@ -187,6 +206,8 @@ fn tls_config(cfg: &UpstreamConfig, file: &Path) -> Result<rustls::ClientConfig,
 /// quiet for longer than `upstream.timeout` between two frames: a stalled upstream
 /// must not hold a client connection and a request slot forever.
 pub struct StreamedBody {
+    /// Bytes already read from `inner`, sent first.
+    prefix: Option<Bytes>,
     inner: Incoming,
     idle: Duration,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -194,7 +215,13 @@ pub struct StreamedBody {
 
 impl StreamedBody {
     pub fn new(inner: Incoming, idle: Duration) -> StreamedBody {
+        StreamedBody::after(None, inner, idle)
+    }
+
+    /// `prefix` (already read from `inner`), then the rest of `inner`.
+    pub fn after(prefix: Option<Bytes>, inner: Incoming, idle: Duration) -> StreamedBody {
         StreamedBody {
+            prefix,
             inner,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
@@ -225,6 +252,9 @@ impl hyper::body::Body for StreamedBody {
         use std::future::Future;
         use std::task::Poll;
         let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(prefix))));
+        }
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 let deadline = Instant::now() + this.idle;
@@ -239,10 +269,17 @@ impl hyper::body::Body for StreamedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.prefix.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let mut hint = hyper::body::SizeHint::new();
+        hint.set_lower(inner.lower() + extra);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint
     }
 }
