@@ -104,7 +104,10 @@ pub struct Metrics {
 /// One route's children, resolved once per route (the route table keeps them): the
 /// hot path then skips the label lookup, which hashes the values and takes a lock.
 #[derive(Debug, Clone)]
-pub struct RouteMetrics {
+pub struct RouteMetrics(std::sync::Arc<RouteChildren>);
+
+#[derive(Debug)]
+struct RouteChildren {
     name: String,
     by_status: Vec<(u16, IntCounter)>,
     requests: IntCounterVec,
@@ -362,17 +365,18 @@ impl Metrics {
                 (status, self.requests.with_label_values(&[name, label]))
             })
             .collect();
-        RouteMetrics {
+        RouteMetrics(std::sync::Arc::new(RouteChildren {
             name: name.to_string(),
             by_status,
             requests: self.requests.clone(),
             duration: self.request_duration.with_label_values(&[name]),
             upstream: self.upstream_duration.with_label_values(&[name]),
-        }
+        }))
     }
 
     /// One request, answered.
     pub fn request(&self, route: &RouteMetrics, status: u16, elapsed: Duration) {
+        let route = &route.0;
         match route.by_status.iter().find(|(s, _)| *s == status) {
             Some((_, counter)) => counter.inc(),
             None => {
@@ -388,7 +392,7 @@ impl Metrics {
     }
 
     pub fn upstream(&self, route: &RouteMetrics, elapsed: Duration) {
-        route.upstream.observe(elapsed.as_secs_f64());
+        route.0.upstream.observe(elapsed.as_secs_f64());
     }
 
     /// A refusal or failure the gateway answered itself: counted as `error.rs`

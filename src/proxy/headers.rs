@@ -73,10 +73,17 @@ pub fn upstream_request_headers(
     // First: an `X-Forwarded-For` that `Connection` names was for the previous hop
     // alone and must not seed the chain.
     strip_hop_by_hop(&mut headers);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::HOST);
-    for name in &CLIENT_FORWARDING {
-        headers.remove(name);
+    // One pass over the names present decides what to remove: most requests carry
+    // none of these, and each removal hashes its name.
+    let dropped = |name: &HeaderName| {
+        name == header::AUTHORIZATION || name == header::HOST || CLIENT_FORWARDING.contains(name)
+    };
+    if headers.keys().any(dropped) {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::HOST);
+        for name in &CLIENT_FORWARDING {
+            headers.remove(name);
+        }
     }
     join_cookie_crumbs(&mut headers);
     match forwarded_for(&headers, client.ip()) {
@@ -84,12 +91,12 @@ pub fn upstream_request_headers(
         None => headers.remove(&X_FORWARDED_FOR),
     };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    // Removed first so that an id that is not a header value cannot leave the
-    // caller's in place.
-    headers.remove(&X_REQUEST_ID);
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(X_REQUEST_ID.clone(), v);
-    }
+    // `insert` replaces every value the caller sent; an id that is not a header
+    // value cannot leave the caller's in place.
+    match HeaderValue::from_str(request_id) {
+        Ok(v) => headers.insert(X_REQUEST_ID.clone(), v),
+        Err(_) => headers.remove(&X_REQUEST_ID),
+    };
     headers
 }
 

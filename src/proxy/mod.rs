@@ -46,7 +46,7 @@ use crate::request_id::RequestIds;
 use crate::secret::Secret;
 use auth::Verifier;
 use rewrite::{Clamp, CredentialSource};
-use route::{Operation, Route, Router, Selected};
+use route::{Operation, Route, Router, Selected, Target};
 use routes::{AuthPolicy, BodyPolicy, CacheRole};
 use upstream::{Upstream, UpstreamRequest};
 
@@ -391,27 +391,30 @@ impl Gateway {
             .map_err(|_| GatewayError::ServerOverloaded)?;
 
         // Phase 1: route (and the request syntax of path, query and body).
-        let (route, dispatch) = match settings.router.select(req.method(), req.uri())? {
+        let (parts, body) = req.into_parts();
+        let target = Target::new(&parts.uri);
+        let (route, dispatch) = match settings.router.select(&parts.method, &target)? {
             Selected::Row { route, dispatch } => (route, dispatch),
             Selected::Unmatched => {
                 return match config.routes.unmatched {
                     Unmatched::Deny => Err(GatewayError::RouteNotFound),
                     Unmatched::Forward => {
-                        if route::has_library_secret(req.uri()) {
+                        if target.has_library_secret() {
                             return Err(route::LIBRARY_SECRET);
                         }
-                        self.forward_unchecked(settings, req, client, request_id, ctx)
+                        drop(target);
+                        self.forward_unchecked(settings, parts, body, client, request_id, ctx)
                             .await
                     }
                 };
             }
         };
         ctx.route = Some(route.clone());
-        let (parts, body) = req.into_parts();
         let body = body::read(body, &config.server).await?;
         let inspected = body::inspect(route, &dispatch, &body)?;
         ctx.route = Some(inspected.route.clone());
-        let mut op = Operation::parse(inspected.route, &parts.uri, &parts.headers)?;
+        let mut op = Operation::parse(inspected.route, &target, &parts.headers)?;
+        drop(target);
         op.named_spaces.extend(inspected.named_spaces);
         let body = match op.route.body {
             BodyPolicy::None => Bytes::new(),
@@ -692,12 +695,12 @@ impl Gateway {
     async fn forward_unchecked(
         &self,
         settings: &Settings,
-        req: Request<Incoming>,
+        parts: http::request::Parts,
+        body: Incoming,
         client: ClientInfo,
         request_id: &str,
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        let (parts, body) = req.into_parts();
         let body = body::read(body, &settings.config.server).await?;
         let target = parts
             .uri

@@ -96,9 +96,6 @@ const SEGMENT: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Query values use the same strict set (`+` would read as a space, `&`/`=` split).
-const QUERY_VALUE: &AsciiSet = SEGMENT;
-
 /// The path SMH receives: `upstream.url`'s own path, then the row's template filled
 /// with the decoded, checked values, each re-encoded as one segment (a FilePath's
 /// `/` as `%2F`, as SMH's SDKs send it).
@@ -118,11 +115,11 @@ pub fn upstream_path(base_path: &str, template: &Template, v: &PathValues) -> St
             Seg::Id => v.id.as_deref(),
             Seg::Path => v.path.as_deref(),
             Seg::Spaces => {
-                out.extend(utf8_percent_encode(&v.spaces.join(","), SEGMENT));
+                push_encoded(&mut out, &v.spaces.join(","));
                 continue;
             }
         };
-        out.extend(utf8_percent_encode(value.unwrap_or_default(), SEGMENT));
+        push_encoded(&mut out, value.unwrap_or_default());
     }
     out
 }
@@ -200,10 +197,33 @@ fn push_params(q: &mut String, op: &Operation, skip: Option<usize>) {
 }
 
 fn push_pair(q: &mut String, key: &str, value: &str) {
-    q.extend(utf8_percent_encode(key, QUERY_VALUE));
+    push_encoded(q, key);
     q.push('=');
-    q.extend(utf8_percent_encode(value, QUERY_VALUE));
+    push_encoded(q, value);
 }
+
+/// Appends `value` percent-encoded (everything but RFC 3986's unreserved
+/// characters). Tokens and ids are usually unreserved already: one table scan,
+/// then a plain copy.
+fn push_encoded(out: &mut String, value: &str) {
+    if value.bytes().all(|b| UNRESERVED[usize::from(b)]) {
+        out.push_str(value);
+    } else {
+        out.extend(utf8_percent_encode(value, SEGMENT));
+    }
+}
+
+/// `A-Z a-z 0-9 - . _ ~`, as a table (the set [`SEGMENT`] leaves alone; query values use the same strict set: `+` would read as a space, `&`/`=` split).
+static UNRESERVED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        b += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {

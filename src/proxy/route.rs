@@ -12,7 +12,6 @@
 //! segments, `;` parameters, case) is a look-alike: 400, whatever `unmatched` says.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, Uri, header};
@@ -49,6 +48,9 @@ pub struct Route {
     pub traffic_limit: bool,
     pub spaces: Vec<SpaceField>,
     pub cache: CacheRole,
+    /// A bit per literal segment, the first segment highest: among rows a path fits,
+    /// the greatest mask is the most literal (literals win over parameters).
+    mask: u32,
     metrics: OnceLock<RouteMetrics>,
 }
 
@@ -73,6 +75,7 @@ impl Route {
             traffic_limit: spec.traffic_limit,
             spaces: spec.spaces.to_vec(),
             cache: spec.cache,
+            mask: 0,
             metrics: OnceLock::new(),
         }
     }
@@ -106,10 +109,42 @@ impl Route {
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<Arc<Route>>,
-    /// Rows by method and their first three literal segments (`api/v1/file`).
-    index: HashMap<Method, HashMap<String, Vec<usize>>>,
+    /// Rows by their first three literal segments (`api`, `v1`, `file`) and method:
+    /// a few dozen groups, scanned (cheaper than hashing the segments).
+    index: Vec<Group>,
     /// Rows whose template starts with fewer than three literals (operator rules).
     loose: Vec<usize>,
+}
+
+/// The rows whose templates start with the same three literals.
+#[derive(Debug)]
+struct Group {
+    prefix: [String; 3],
+    by_method: [Vec<usize>; Method::ALL.len()],
+}
+
+/// A request target split once: path segments (raw) and query pairs, shared by the
+/// router and the parse of the row's values.
+pub struct Target<'a> {
+    segs: Vec<&'a str>,
+    query: Query<'a>,
+    uri: &'a Uri,
+}
+
+impl<'a> Target<'a> {
+    pub fn new(uri: &'a Uri) -> Target<'a> {
+        let path = uri.path();
+        Target {
+            segs: path.strip_prefix('/').unwrap_or(path).split('/').collect(),
+            query: Query::parse(uri.query().unwrap_or("")),
+            uri,
+        }
+    }
+
+    /// Whether the query carries `library_secret` (refused in every mode).
+    pub fn has_library_secret(&self) -> bool {
+        self.query.has("library_secret")
+    }
 }
 
 /// What the router made of a request head.
@@ -164,6 +199,7 @@ impl Router {
                         traffic_limit: false,
                         spaces: Vec::new(),
                         cache: CacheRole::None,
+                        mask: 0,
                         metrics: OnceLock::new(),
                     });
                     routes.last_mut().expect("just pushed")
@@ -190,21 +226,29 @@ impl Router {
                 route.params = p.clone();
             }
         }
+        for r in &mut routes {
+            r.mask = r.literal_mask();
+        }
         let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
-        let mut index: HashMap<Method, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut index: Vec<Group> = Vec::new();
         let mut loose = Vec::new();
         for (i, r) in routes.iter().enumerate() {
             let prefix: Vec<&str> = r.template.literal_prefix().take(3).collect();
-            if prefix.len() == 3 {
-                index
-                    .entry(r.method)
-                    .or_default()
-                    .entry(prefix.join("/"))
-                    .or_default()
-                    .push(i);
-            } else {
+            let [a, b, c] = prefix.as_slice() else {
                 loose.push(i);
-            }
+                continue;
+            };
+            let at = match index.iter().position(|g| g.prefix == [*a, *b, *c]) {
+                Some(at) => at,
+                None => {
+                    index.push(Group {
+                        prefix: [a.to_string(), b.to_string(), c.to_string()],
+                        by_method: Default::default(),
+                    });
+                    index.len() - 1
+                }
+            };
+            index[at].by_method[r.method as usize].push(i);
         }
         Ok(Router {
             routes,
@@ -276,23 +320,24 @@ impl Router {
 
     /// Routes a request head. `Err` is a 400: a look-alike, two flags that select
     /// different rows, or a path too deep for the row its flag selects.
-    pub fn select(&self, method: &http::Method, uri: &Uri) -> Result<Selected, GatewayError> {
+    pub fn select(
+        &self,
+        method: &http::Method,
+        target: &Target<'_>,
+    ) -> Result<Selected, GatewayError> {
         let Some(m) = known_method(method)? else {
             return Ok(Selected::Unmatched);
         };
-        let path = uri.path();
-        let query = Query::parse(uri.query().unwrap_or(""));
-        let segs: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-        match self.select_segments(m, &segs, &query)? {
+        match self.select_segments(m, &target.segs, &target.query)? {
             Selected::Unmatched => {}
             row => return Ok(row),
         }
         // Not a row as sent: would it become one after normalising?
-        let normal = normalise(path);
+        let normal = normalise(target.uri.path());
         let normal: Vec<&str> = normal.iter().map(String::as_str).collect();
-        if normal != segs
+        if normal != target.segs
             && !matches!(
-                self.select_segments(m, &normal, &query),
+                self.select_segments(m, &normal, &target.query),
                 Ok(Selected::Unmatched)
             )
         {
@@ -301,21 +346,15 @@ impl Router {
         Ok(Selected::Unmatched)
     }
 
-    fn candidates(&self, m: Method, segs: &[&str]) -> impl Iterator<Item = usize> + '_ {
-        let indexed = (segs.len() >= 3)
-            .then_some(segs)
-            .and_then(|segs| {
-                let by_method = self.index.get(&m)?;
-                let mut k = String::with_capacity(24);
-                k.push_str(segs[0]);
-                k.push('/');
-                k.push_str(segs[1]);
-                k.push('/');
-                k.push_str(segs[2]);
-                by_method.get(k.as_str())
-            })
-            .map(|v| v.as_slice())
-            .unwrap_or(&[]);
+    fn candidates<'s>(&'s self, m: Method, segs: &[&str]) -> impl Iterator<Item = usize> + 's {
+        let indexed: &[usize] = match segs {
+            [a, b, c, ..] => self
+                .index
+                .iter()
+                .find(|g| g.prefix[0] == *a && g.prefix[1] == *b && g.prefix[2] == *c)
+                .map_or(&[], |g| g.by_method[m as usize].as_slice()),
+            _ => &[],
+        };
         indexed.iter().copied().chain(
             self.loose
                 .iter()
@@ -330,47 +369,44 @@ impl Router {
         segs: &[&str],
         query: &Query<'_>,
     ) -> Result<Selected, GatewayError> {
+        // The rows the path fits, at the greatest literal mask; candidates come in
+        // table order.
         let mut best = 0u32;
-        let mut fits: Vec<(usize, bool)> = Vec::new();
+        let mut fits: Vec<(usize, bool)> = Vec::with_capacity(8);
         for i in self.candidates(m, segs) {
             let route = &self.routes[i];
             let Some(exact) = fit(&route.template, segs) else {
                 continue;
             };
-            let mask = route.literal_mask();
-            if mask > best || fits.is_empty() {
-                if mask > best {
-                    fits.clear();
-                }
-                best = best.max(mask);
+            if route.mask > best || fits.is_empty() {
+                fits.clear();
+                best = route.mask;
             }
-            if mask == best {
+            if route.mask == best {
                 fits.push((i, exact));
             }
         }
         if fits.is_empty() {
             return Ok(Selected::Unmatched);
         }
-        fits.sort_unstable_by_key(|(i, _)| *i);
-
-        let mut flagged: Vec<(usize, bool)> = fits
+        let flag_of = |i: usize| self.routes[i].flag.as_deref();
+        let present = |i: usize| flag_of(i).is_some_and(|f| query.has(f));
+        // The first row whose flag is present, preferring one the path fits exactly
+        // (restore one recycled item rather than the batch restore the path is too
+        // deep for).
+        let chosen = fits
             .iter()
             .copied()
-            .filter(|(i, _)| {
-                self.routes[*i]
-                    .flag
-                    .as_deref()
-                    .is_some_and(|f| query.has(f))
-            })
-            .collect();
-        // Of rows with the same flag, the one the path fits exactly (restore one
-        // recycled item rather than the batch restore the path is too deep for).
-        flagged.sort_by_key(|&(i, exact)| (!exact, i));
-        if let Some(&(first, exact)) = flagged.first() {
-            let chosen = &self.routes[first];
-            for &(other, _) in &flagged[1..] {
-                let f = self.routes[other].flag.as_deref().unwrap_or_default();
-                if Some(f) != chosen.flag.as_deref() && !chosen.params.iter().any(|p| p == f) {
+            .filter(|&(i, _)| present(i))
+            .min_by_key(|&(i, exact)| (!exact, i));
+        if let Some((first, exact)) = chosen {
+            let route = &self.routes[first];
+            for &(other, _) in &fits {
+                if !present(other) {
+                    continue;
+                }
+                let f = flag_of(other).unwrap_or_default();
+                if Some(f) != route.flag.as_deref() && !route.params.iter().any(|p| p == f) {
                     return Err(GatewayError::ParamInvalid(
                         "two selector flags that select different operations",
                     ));
@@ -380,43 +416,38 @@ impl Router {
                 return Err(TOO_DEEP);
             }
             return Ok(Selected::Row {
+                route: route.clone(),
+                dispatch: Vec::new(),
+            });
+        }
+        let flagless = || fits.iter().copied().filter(|&(i, _)| flag_of(i).is_none());
+        let mut exact = flagless().filter(|&(_, exact)| exact).map(|(i, _)| i);
+        let Some(first) = exact.next() else {
+            // Only rows the path is too deep for: say so, rather than pass it on.
+            return match flagless().next() {
+                Some(_) => Err(TOO_DEEP),
+                None => Ok(Selected::Unmatched),
+            };
+        };
+        if exact.next().is_none() {
+            return Ok(Selected::Row {
                 route: self.routes[first].clone(),
                 dispatch: Vec::new(),
             });
         }
-        let flagless: Vec<(usize, bool)> = fits
-            .into_iter()
-            .filter(|(i, _)| self.routes[*i].flag.is_none())
+        // Several flag-less rows of one shape: told apart by body keys.
+        let exact = || flagless().filter(|&(_, exact)| exact).map(|(i, _)| i);
+        let default = exact()
+            .find(|&i| self.routes[i].dispatch_default)
+            .unwrap_or(first);
+        let dispatch = exact()
+            .filter(|&i| self.routes[i].body_key.is_some())
+            .map(|i| self.routes[i].clone())
             .collect();
-        let exact: Vec<usize> = flagless.iter().filter(|f| f.1).map(|f| f.0).collect();
-        match exact.as_slice() {
-            [] => match flagless.last() {
-                // Only rows the path is too deep for: say so, rather than pass it on.
-                Some(_) => Err(TOO_DEEP),
-                None => Ok(Selected::Unmatched),
-            },
-            [one] => Ok(Selected::Row {
-                route: self.routes[*one].clone(),
-                dispatch: Vec::new(),
-            }),
-            several => {
-                let default = several
-                    .iter()
-                    .find(|&&i| self.routes[i].dispatch_default)
-                    .or_else(|| several.first())
-                    .copied()
-                    .expect("several is not empty");
-                let dispatch = several
-                    .iter()
-                    .filter(|&&i| self.routes[i].body_key.is_some())
-                    .map(|&i| self.routes[i].clone())
-                    .collect();
-                Ok(Selected::Row {
-                    route: self.routes[default].clone(),
-                    dispatch,
-                })
-            }
-        }
+        Ok(Selected::Row {
+            route: self.routes[default].clone(),
+            dispatch,
+        })
     }
 }
 
@@ -614,13 +645,11 @@ impl Operation {
     /// Parses the path and query of a request on `route`.
     pub fn parse(
         route: Arc<Route>,
-        uri: &Uri,
+        target: &Target<'_>,
         headers: &HeaderMap,
     ) -> Result<Operation, GatewayError> {
-        let path = uri.path();
-        let segs: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-        let values = PathValues::parse(&route.template, &segs)?;
-        let query = Query::parse(uri.query().unwrap_or(""));
+        let values = PathValues::parse(&route.template, &target.segs)?;
+        let query = &target.query;
         if query.has("library_secret") {
             return Err(LIBRARY_SECRET);
         }
@@ -700,11 +729,6 @@ pub const LIBRARY_SECRET: GatewayError = GatewayError::ParamInvalid(
     "library_secret is not accepted: the gateway authorises by its own tokens",
 );
 
-/// Whether an unmatched request carries `library_secret` (refused in forward mode).
-pub fn has_library_secret(uri: &Uri) -> bool {
-    Query::parse(uri.query().unwrap_or("")).has("library_secret")
-}
-
 /// The token from the query (SMH's convention) or `Authorization: Bearer` (an
 /// extension). Both present and different is a 400: one of them would go unchecked.
 fn token(query_token: Option<String>, headers: &HeaderMap) -> Result<Option<Secret>, GatewayError> {
@@ -756,6 +780,13 @@ pub fn parse_traffic_limit(value: &str) -> Result<u64, GatewayError> {
 /// A query value: `+` is a space (form encoding, as SMH's SDKs send it), `%XX` is
 /// decoded, control characters are refused.
 fn decode_value(raw: &str) -> Result<String, GatewayError> {
+    // The common case (a JWT, an id): printable ASCII, nothing to decode.
+    if raw
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'+' && b != b'%')
+    {
+        return Ok(raw.to_string());
+    }
     let spaced;
     let raw = if raw.contains('+') {
         spaced = raw.replace('+', " ");

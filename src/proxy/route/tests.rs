@@ -19,11 +19,12 @@ fn http_method(m: &str) -> http::Method {
 /// Routes a request the way the pipeline does: select, then the body dispatch.
 fn route_of(router: &Router, method: &str, target: &str, body: &str) -> Result<String, String> {
     let uri: Uri = target.parse().map_err(|e| format!("{e}"))?;
-    match router.select(&http_method(method), &uri) {
+    let target = Target::new(&uri);
+    match router.select(&http_method(method), &target) {
         Ok(Selected::Row { route, dispatch }) => {
             let inspected = body::inspect(route, &dispatch, body.as_bytes())
                 .map_err(|e| e.code().to_string())?;
-            Operation::parse(inspected.route.clone(), &uri, &HeaderMap::new())
+            Operation::parse(inspected.route.clone(), &target, &HeaderMap::new())
                 .map_err(|e| e.code().to_string())?;
             Ok(inspected.route.name.to_string())
         }
@@ -387,10 +388,11 @@ fn the_renew_shape_sdks_send_parses() {
         "/api/v1/file/lib1/-/ck123?renew=1&access_token=tok&user_id=u1&traffic_limit=500000&evil=1"
             .parse()
             .unwrap();
-    let Ok(Selected::Row { route, .. }) = router.select(&http::Method::POST, &uri) else {
+    let Ok(Selected::Row { route, .. }) = router.select(&http::Method::POST, &Target::new(&uri))
+    else {
         panic!()
     };
-    let op = Operation::parse(route, &uri, &HeaderMap::new()).unwrap();
+    let op = Operation::parse(route, &Target::new(&uri), &HeaderMap::new()).unwrap();
     assert_eq!(op.values.library.as_deref(), Some("lib1"));
     assert_eq!(op.values.space.as_deref(), Some("-"));
     assert_eq!(op.values.key.as_deref(), Some("ck123"));
@@ -415,18 +417,23 @@ fn bearer_token_and_conflicts() {
     let uri: Uri = "/api/v1/file/l/-/c?renew".parse().unwrap();
     let mut h = HeaderMap::new();
     h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-    let op = Operation::parse(route.clone(), &uri, &h).unwrap();
+    let op = Operation::parse(route.clone(), &Target::new(&uri), &h).unwrap();
     assert_eq!(op.token.as_ref().map(Secret::expose), Some("abc"));
     let differ: Uri = "/api/v1/file/l/-/c?renew&access_token=xyz".parse().unwrap();
     assert_eq!(
-        Operation::parse(route.clone(), &differ, &h)
+        Operation::parse(route.clone(), &Target::new(&differ), &h)
             .unwrap_err()
             .code(),
         "ParamInvalid"
     );
     let mut basic = HeaderMap::new();
     basic.insert(header::AUTHORIZATION, "Basic dTpw".parse().unwrap());
-    assert_eq!(Operation::parse(route, &uri, &basic).unwrap().token, None);
+    assert_eq!(
+        Operation::parse(route, &Target::new(&uri), &basic)
+            .unwrap()
+            .token,
+        None
+    );
 }
 
 #[test]
@@ -557,14 +564,14 @@ proptest! {
         }
         let sent = format!("{}?{}", rewrite::upstream_path("", &r.template, &values), query);
         let uri: Uri = sent.parse().unwrap();
-        let selected = router.select(&r.method.http(), &uri);
+        let selected = router.select(&r.method.http(), &Target::new(&uri));
         let Ok(Selected::Row { route, dispatch }) = selected else {
             // Two sample keys may collide with a sibling's flag: then nothing passes.
             prop_assert!(selected.is_err(), "{sent}: {selected:?}");
             return Ok(());
         };
         let picked = body::inspect(route, &dispatch, sample_body(&r).as_bytes()).unwrap().route;
-        let Ok(op) = Operation::parse(picked, &uri, &HeaderMap::new()) else {
+        let Ok(op) = Operation::parse(picked, &Target::new(&uri), &HeaderMap::new()) else {
             // A repeated extra key is refused: fine, it is not forwarded either.
             return Ok(());
         };
@@ -574,12 +581,12 @@ proptest! {
             rewrite::upstream_query(&op, Some(&Secret::new("t")), None, traffic_limit.filter(|_| op.route.traffic_limit))
         );
         let again_uri: Uri = forwarded.parse().unwrap();
-        let Ok(Selected::Row { route: again, dispatch }) = router.select(&r.method.http(), &again_uri) else {
+        let Ok(Selected::Row { route: again, dispatch }) = router.select(&r.method.http(), &Target::new(&again_uri)) else {
             panic!("{forwarded} does not re-match");
         };
         let again = body::inspect(again, &dispatch, sample_body(&r).as_bytes()).unwrap().route;
         prop_assert_eq!(&again.name, &op.route.name, "{}", forwarded);
-        let op2 = Operation::parse(again, &again_uri, &HeaderMap::new()).unwrap();
+        let op2 = Operation::parse(again, &Target::new(&again_uri), &HeaderMap::new()).unwrap();
         prop_assert_eq!(&op2.values, &op.values);
         prop_assert_eq!(&op2.params, &op.params);
         if op2.route.auth != AuthPolicy::Public {
@@ -598,23 +605,23 @@ proptest! {
         let router = router();
         let target = format!("/api/v1/file/{}?{flag}", segs.join("/"));
         let Ok(uri) = target.parse::<Uri>() else { return Ok(()); };
-        let Ok(Selected::Row { route, dispatch }) = router.select(&http_method(method), &uri) else {
+        let Ok(Selected::Row { route, dispatch }) = router.select(&http_method(method), &Target::new(&uri)) else {
             return Ok(());
         };
         let Ok(picked) = body::inspect(route, &dispatch, b"{}") else { return Ok(()); };
-        let Ok(op) = Operation::parse(picked.route, &uri, &HeaderMap::new()) else { return Ok(()); };
+        let Ok(op) = Operation::parse(picked.route, &Target::new(&uri), &HeaderMap::new()) else { return Ok(()); };
         let forwarded = format!(
             "{}?{}",
             rewrite::upstream_path("", &op.route.template, &op.values),
             rewrite::upstream_query(&op, None, None, None)
         );
         let again_uri: Uri = forwarded.parse().unwrap();
-        let Ok(Selected::Row { route: again, dispatch }) = router.select(&http_method(method), &again_uri) else {
+        let Ok(Selected::Row { route: again, dispatch }) = router.select(&http_method(method), &Target::new(&again_uri)) else {
             panic!("{target} -> {forwarded} does not re-match");
         };
         let again = body::inspect(again, &dispatch, b"{}").unwrap().route;
         prop_assert_eq!(&again.name, &op.route.name);
-        let op2 = Operation::parse(again, &again_uri, &HeaderMap::new()).unwrap();
+        let op2 = Operation::parse(again, &Target::new(&again_uri), &HeaderMap::new()).unwrap();
         prop_assert_eq!(&op2.values, &op.values);
     }
 }
