@@ -242,3 +242,13 @@ async fn a_verified_token_still_expires() {
         .assert_error(403, "InvalidAccessToken");
     assert_eq!(gw.mock.count(), 1);
 }
+
+#[tokio::test]
+async fn an_admin_token_whose_user_claim_is_not_a_string_cannot_pass_user_id() {
+    let gw = start().await;
+    let tok = token_with(json!({ "permissions": ["admin"], "sub": false }));
+    gw.renew(&format!("access_token={tok}&user_id=victim"))
+        .await
+        .assert_error(403, "InvalidAccessToken");
+    assert_eq!(gw.mock.count(), 0);
+}

@@ -195,6 +195,17 @@ impl Verifier {
                     _ => AuthFailure::Malformed,
                 }
             })?;
+        // A repeated member in the header or the claims: jsonwebtoken keeps the last,
+        // another verifier in the operator's stack may read the first
+        // (`{"library_id":"lib2","library_id":"lib1"}`). Checked after the signature,
+        // so garbage costs no more than before.
+        for part in token.split('.').take(2) {
+            use base64::Engine as _;
+            let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|_| AuthFailure::Malformed)?;
+            crate::proxy::json::parse_strict(&json).map_err(|_| AuthFailure::Malformed)?;
+        }
         // RFC 7519: `iss` is one StringOrURI. jsonwebtoken also accepts an array and
         // passes it when any element is listed; an array could smuggle an issuer in.
         if data.claims.get("iss").is_some_and(|iss| !iss.is_string()) {
@@ -239,6 +250,16 @@ impl Verifier {
                 _ => return Err(AuthFailure::MissingCredentialClaim),
             },
         };
+        // A library or user claim that is there but not a string (or number) is not
+        // "absent": `"sub": false` must not count as an admin without a user.
+        for name in [&self.claims.library, &self.claims.user] {
+            if claims
+                .get(name)
+                .is_some_and(|v| !v.is_null() && scalar_string(v).is_none())
+            {
+                return Err(AuthFailure::Malformed);
+            }
+        }
         Ok(Principal {
             library: claims.get(&self.claims.library).and_then(scalar_string),
             spaces: claims

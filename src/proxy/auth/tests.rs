@@ -887,3 +887,71 @@ fn crit_header_is_refused() {
     let token = sign(&h, &claims(), &EncodingKey::from_secret(SECRET));
     assert_eq!(v.verify(&token), Err(AuthFailure::Malformed));
 }
+
+/// A token over raw JSON text (serde cannot write a repeated member).
+fn hs256_raw(header_json: &str, claims_json: &str) -> Secret {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let message = format!("{}.{}", b64(header_json), b64(claims_json));
+    let sig = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(SECRET),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    Secret::new(format!("{message}.{sig}"))
+}
+
+#[test]
+fn repeated_members_in_claims_or_header_are_refused() {
+    let v = hs256_verifier("", "");
+    let exp = now() + 600;
+    let ok = hs256_raw(
+        r#"{"alg":"HS256","kid":"k1"}"#,
+        &format!(r#"{{"exp":{exp},"library_id":"lib1"}}"#),
+    );
+    assert!(v.verify(&ok).is_ok());
+    for (header, claims) in [
+        (
+            r#"{"alg":"HS256","kid":"k1"}"#.to_string(),
+            format!(r#"{{"exp":{exp},"library_id":"lib2","library_id":"lib1"}}"#),
+        ),
+        (
+            r#"{"alg":"HS256","kid":"k1"}"#.to_string(),
+            format!(r#"{{"exp":{exp},"permissions":["a"],"permissions":["admin"]}}"#),
+        ),
+        (
+            r#"{"alg":"HS256","kid":"k2","kid":"k1"}"#.to_string(),
+            format!(r#"{{"exp":{exp}}}"#),
+        ),
+    ] {
+        assert_eq!(
+            v.verify(&hs256_raw(&header, &claims)),
+            Err(AuthFailure::Malformed),
+            "{header} {claims}"
+        );
+    }
+}
+
+#[test]
+fn a_user_or_library_claim_that_is_not_a_string_is_refused() {
+    let v = hs256_verifier("", "");
+    for (name, value) in [
+        ("sub", json!(false)),
+        ("sub", json!({})),
+        ("sub", json!(["alice"])),
+        ("library_id", json!(true)),
+    ] {
+        let token = hs256_token(&with(claims(), name, value.clone()));
+        assert_eq!(
+            v.verify(&token),
+            Err(AuthFailure::Malformed),
+            "{name}={value}"
+        );
+    }
+    // Absent, null and numeric users are fine (a null is absent).
+    let token = hs256_token(&with(claims(), "sub", json!(null)));
+    assert_eq!(v.verify(&token).unwrap().user, None);
+    let token = hs256_token(&with(claims(), "sub", json!(42)));
+    assert_eq!(v.verify(&token).unwrap().user.as_deref(), Some("42"));
+}
