@@ -495,12 +495,23 @@ impl Gateway {
             None
         };
         ctx.traffic_limit = traffic_limit;
-        let path =
-            rewrite::upstream_path(self.upstream.base_path(), &op.route.template, &op.values);
-        let query = rewrite::upstream_query(&op, credential, user_id, traffic_limit);
-        let headers =
-            headers::upstream_request_headers(parts.headers, client.addr, client.proto, request_id);
         let route_metrics = op.route.metrics(&self.metrics).clone();
+        // The upstream request, built only when it is sent: a cache hit never pays
+        // for it.
+        let build = |headers: HeaderMap| {
+            let mut target =
+                rewrite::upstream_path(self.upstream.base_path(), &op.route.template, &op.values);
+            target.push('?');
+            target.push_str(&rewrite::upstream_query(
+                &op,
+                credential,
+                user_id,
+                traffic_limit,
+            ));
+            let headers =
+                headers::upstream_request_headers(headers, client.addr, client.proto, request_id);
+            (target, headers)
+        };
 
         // Phase 5: cache and upstream.
         if let (CacheRole::Renew, Some(cache)) = (op.route.cache, &self.cache) {
@@ -513,23 +524,24 @@ impl Gateway {
                 credential.unwrap_or(&NO_CREDENTIAL),
             )
             .varied_by(&rewrite::params_query(&op));
+            let headers = parts.headers;
             return self
                 .renew(
                     cache,
                     key,
                     parts.method,
-                    format!("{path}?{query}"),
-                    headers,
+                    || build(headers),
                     route_metrics,
                     ctx,
                 )
                 .await;
         }
+        let (path_and_query, headers) = build(parts.headers);
         let resp = self
             .send(
                 UpstreamRequest {
                     method: parts.method,
-                    path_and_query: format!("{path}?{query}"),
+                    path_and_query,
                     headers,
                     body,
                 },
@@ -555,19 +567,18 @@ impl Gateway {
 
     /// A renew through the cache: the answer is buffered (it is shared by coalesced
     /// callers and stored), and carries `X-Cache`.
-    #[allow(clippy::too_many_arguments)]
     async fn renew(
         &self,
         cache: &RenewCache,
         key: CacheKey,
         method: http::Method,
-        path_and_query: String,
-        mut headers: HeaderMap,
+        build: impl FnOnce() -> (String, HeaderMap) + Send,
         route_metrics: RouteMetrics,
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         // Built only on a miss: a hit never pays for the upstream request.
         let fetch = || {
+            let (path_and_query, mut headers) = build();
             headers.remove(header::CONTENT_LENGTH);
             // The answer is parsed (expiration) and shared by coalesced callers who
             // may not accept a compressed body: ask for it uncompressed.

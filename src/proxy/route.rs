@@ -781,10 +781,7 @@ pub fn parse_traffic_limit(value: &str) -> Result<u64, GatewayError> {
 /// decoded, control characters are refused.
 fn decode_value(raw: &str) -> Result<String, GatewayError> {
     // The common case (a JWT, an id): printable ASCII, nothing to decode.
-    if raw
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && b != b'+' && b != b'%')
-    {
+    if raw.bytes().all(|b| PLAIN[usize::from(b)]) {
         return Ok(raw.to_string());
     }
     let spaced;
@@ -804,6 +801,18 @@ fn decode_value(raw: &str) -> Result<String, GatewayError> {
     }
     Ok(decoded)
 }
+
+/// Printable ASCII but `+` and `%`: a query value made only of these is itself.
+static PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_graphic() && c != b'+' && c != b'%';
+        b += 1;
+    }
+    t
+};
 
 /// Percent-decoding that refuses what lenient decoders pass through: a `%` not
 /// followed by two hex digits, and bytes that are not UTF-8.
