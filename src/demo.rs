@@ -1,6 +1,9 @@
 //! `smh-gateway demo`: the built-in mock upstream and the gateway on loopback, with
-//! a freshly generated HS256 secret, and ready-to-paste curl commands (allowed,
-//! refused, clamped) carrying freshly minted tokens. Runs until Ctrl-C.
+//! a freshly generated HS256 secret, and ready-to-paste curl commands carrying
+//! freshly minted tokens: a complete multipart upload as SMH's SDK makes it (begin,
+//! renew, confirm, then info and download), a simple upload with the directory it
+//! needs, and refusals (no permission, forged token, no token, clamping). Runs until
+//! Ctrl-C.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,7 +11,7 @@ use std::time::Duration;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
-use crate::mock_upstream::MockUpstream;
+use crate::mock_upstream::{MockUpstream, confirm_key_for};
 use crate::server::Server;
 use crate::token::{TokenSpec, mint};
 
@@ -61,16 +64,39 @@ traffic_limit = {{ min = 102400, max = 1048576, default = 524288 }}
             },
         )
     };
-    let uploader = token("demo-lib", &["upload_file"])?;
-    let viewer = token("demo-lib", &["view"])?;
+    let uploader = token("demo-lib", &["upload_file", "create_directory"])?;
+    let viewer = token("demo-lib", &["read_only"])?;
     let bronze = token("bronze-lib", &["begin_upload"])?;
 
     let server = Server::bind(config, AccessLog::stdout()).await?;
     let addr = server.local_addr();
     let admin = server.admin_addr();
-    let renew = |lib: &str, q: &str| {
-        format!("curl -sS -X POST 'http://{addr}/api/v1/file/{lib}/-/ck-demo?renew&{q}'; echo")
+    let base = format!("http://{addr}/api/v1");
+    let tok = uploader.expose();
+    let big = "videos%2Fbig.bin";
+    let ck = confirm_key_for("demo-lib", "-", "videos/big.bin");
+    let small = "notes.txt";
+    let ck_small = confirm_key_for("demo-lib", "-", "notes.txt");
+    let curl = |method: &str, target: String, body: Option<&str>| match body {
+        Some(b) => format!(
+            "curl -sS -X {method} '{base}{target}' -H 'Content-Type: application/json' -d '{b}'; echo"
+        ),
+        None => format!("curl -sS -X {method} '{base}{target}'; echo"),
     };
+    let renew_key = |lib: &str, key: &str, q: &str| {
+        format!("curl -sS -X POST '{base}/file/{lib}/-/{key}?renew=1&{q}'; echo")
+    };
+    let renew = |lib: &str, q: &str| renew_key(lib, "ck-demo", q);
+    let download =
+        format!("curl -sS -i '{base}/file/demo-lib/-/{big}?access_token={tok}' | head -3");
+    let bronze_renew = renew_key(
+        "bronze-lib",
+        "ck-bronze",
+        &format!("access_token={}&traffic_limit=99999999", bronze.expose()),
+    );
+    let look_alike = format!(
+        "curl -sS -X POST 'http://{addr}/api/v1/%66ile/demo-lib/-/{ck}?renew=1&access_token={tok}'; echo"
+    );
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -78,30 +104,67 @@ traffic_limit = {{ min = 102400, max = 1048576, default = 524288 }}
          gateway   http://{addr}   (admin http://{admin}/readyz)\n\
          upstream  {} (built-in mock SMH)\n\
          config    {}\n\n\
-         # allowed: upload_file may renew; the mock echoes the traffic_limit it received\n{}\n\n\
-         # clamped: traffic_limit=1 reaches SMH as 102400 (x-cos-traffic-limit)\n{}\n\n\
-         # clamped by a library tier: bronze-lib allows at most 1048576\n{}\n\n\
-         # refused: a token without an upload permission -> 403 NoPermission\n{}\n\n\
-         # refused: a forged token -> 403 InvalidAccessToken\n{}\n\n\
-         # refused: no token -> 400 EmptyAccessToken\n{}\n\n\
+         ## A multipart upload, as SMH's SDK makes it (the parts themselves go to COS)\n\
+         # 1. the upload needs its directory (SMH does not create parents on upload)\n{}\n\
+         # 2. begin: 201 with the upload's confirmKey ({ck}), domain, path and COS headers\n{}\n\
+         # 3. renew: fresh COS credentials; X-Cache: MISS, then HIT on a second call\n{}\n\
+         # 4. confirm: the file exists (renew's cache entries for this upload are dropped)\n{}\n\
+         # 5. info and download (302 to the signed COS URL)\n{}\n{}\n\n\
+         ## A simple upload: begin (a flag-less PUT), then confirm; or cancel instead\n{}\n{}\n\n\
+         ## Refusals and clamping\n\
+         # clamped: traffic_limit=1 reaches SMH as 102400 (see x-cos-traffic-limit)\n{}\n\
+         # clamped by a library tier: bronze-lib allows at most 1048576\n{}\n\
+         # refused: a token without an upload permission -> 403 NoPermission\n{}\n\
+         # refused: a forged token -> 403 InvalidAccessToken\n{}\n\
+         # refused: no token -> 400 EmptyAccessToken\n{}\n\
+         # refused: a look-alike of renew -> 400 ParamInvalid\n{}\n\n\
          Access log lines follow (JSON, one per request). Ctrl-C stops the demo.\n",
         mock.url(),
         config_path.display(),
-        renew(
+        curl(
+            "PUT",
+            format!("/directory/demo-lib/-/videos?access_token={tok}"),
+            Some("{}")
+        ),
+        curl(
+            "POST",
+            format!(
+                "/file/demo-lib/-/{big}?multipart=1&filesize=10485760&access_token={tok}&traffic_limit=819200"
+            ),
+            Some("{}")
+        ),
+        renew_key(
             "demo-lib",
-            &format!("access_token={}&traffic_limit=500000", uploader.expose())
+            &ck,
+            &format!("access_token={tok}&traffic_limit=819200")
         ),
-        renew(
-            "demo-lib",
-            &format!("access_token={}&traffic_limit=1", uploader.expose())
+        curl(
+            "POST",
+            format!("/file/demo-lib/-/{ck}?confirm=1&access_token={tok}"),
+            Some(r#"{"crc64":"9549364264773228564"}"#)
         ),
-        renew(
-            "bronze-lib",
-            &format!("access_token={}&traffic_limit=99999999", bronze.expose())
+        curl(
+            "GET",
+            format!("/file/demo-lib/-/{big}?info=1&purpose=download&access_token={tok}"),
+            None
         ),
+        download,
+        curl(
+            "PUT",
+            format!("/file/demo-lib/-/{small}?filesize=12&access_token={tok}"),
+            Some("{}")
+        ),
+        curl(
+            "POST",
+            format!("/file/demo-lib/-/{ck_small}?confirm=1&access_token={tok}"),
+            Some("{}")
+        ),
+        renew("demo-lib", &format!("access_token={tok}&traffic_limit=1")),
+        bronze_renew,
         renew("demo-lib", &format!("access_token={}", viewer.expose())),
-        renew("demo-lib", &format!("access_token={}x", uploader.expose())),
+        renew("demo-lib", &format!("access_token={tok}x")),
         renew("demo-lib", "traffic_limit=500000"),
+        look_alike,
     )?;
     drop(out);
 

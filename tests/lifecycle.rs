@@ -371,12 +371,29 @@ fn demo_prints_curl_commands_that_work() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert!(run(&curls[0]).contains("\"uploadId\""), "allowed");
-    assert!(
-        run(&curls[1]).contains("\"x-cos-traffic-limit\":102400"),
-        "clamped"
-    );
-    assert!(run(&curls[3]).contains("NoPermission"), "refused");
+    // In order, as a newcomer pastes them: a whole multipart upload, then a simple
+    // upload, then the refusals.
+    let expect: &[(&str, &str)] = &[
+        ("\"path\"", "create directory"),
+        ("\"uploadId\"", "multipart begin"),
+        ("\"uploadId\"", "renew"),
+        ("\"name\"", "confirm"),
+        ("\"cosUrl\"", "info"),
+        ("302", "download"),
+        ("\"confirmKey\"", "simple begin"),
+        ("\"name\"", "simple confirm"),
+        ("\"x-cos-traffic-limit\":102400", "clamped"),
+        ("\"x-cos-traffic-limit\":1048576", "tier"),
+        ("NoPermission", "refused"),
+        ("InvalidAccessToken", "forged"),
+        ("EmptyAccessToken", "no token"),
+        ("ParamInvalid", "look-alike"),
+    ];
+    assert_eq!(curls.len(), expect.len(), "{curls:?}");
+    for (cmd, (want, what)) in curls.iter().zip(expect) {
+        let out = run(cmd);
+        assert!(out.contains(want), "{what}: {cmd}\n{out}");
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
