@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use smh_gateway::mock_upstream::Behaviour;
+use smh_gateway::mock_upstream::{Behaviour, MockUpstream};
 
 fn memory() -> Setup {
     Setup::default()
@@ -620,4 +620,27 @@ async fn a_rediss_url_whose_tls_handshake_fails_serves_from_the_upstream() {
     }
     let errors = "smh_gateway_cache_requests_total{result=\"error\"}";
     assert_eq!(gw.metric(errors).await, 2.0);
+}
+
+#[tokio::test]
+async fn a_confirm_through_one_replica_drops_the_renew_entry_on_every_replica() {
+    let server = RedisServer::start();
+    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let a = start_against(mock.clone(), redis(&server)).await;
+    let b = start_against(mock.clone(), redis(&server)).await;
+    let tok = token();
+    let renew = format!("/api/v1/file/lib1/-/ck-shared?renew&access_token={tok}");
+    assert_eq!(a.post(&renew).await.headers["x-cache"], "MISS");
+    assert_eq!(b.post(&renew).await.headers["x-cache"], "HIT");
+    // Confirm reaches SMH through replica A...
+    let confirm = a
+        .post(&format!(
+            "/api/v1/file/lib1/-/ck-shared?confirm&access_token={tok}"
+        ))
+        .await;
+    assert!(confirm.headers.get("x-cache").is_none());
+    // ...and replica B no longer answers the upload's renew from the cache.
+    assert_eq!(b.post(&renew).await.headers["x-cache"], "MISS");
 }
