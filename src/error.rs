@@ -340,6 +340,51 @@ impl GatewayError {
     }
 }
 
+/// How a connection ended badly, as far as it concerns operators: hyper refused
+/// to parse a request (smuggling attempts such as conflicting Content-Length and
+/// Transfer-Encoding, obs-fold, an oversized head) or a head did not arrive in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionError {
+    /// A request hyper could not parse: it answered a bare 400 and closed.
+    Parse,
+    /// A request head over hyper's buffer: a bare 431, closed.
+    TooLarge,
+    /// No complete head within `server.header_read_timeout` (also idle keep-alive).
+    Timeout,
+    /// Anything else (the client reset, an I/O error).
+    Other,
+}
+
+impl ConnectionError {
+    pub const ALL: [ConnectionError; 4] = [
+        ConnectionError::Parse,
+        ConnectionError::TooLarge,
+        ConnectionError::Timeout,
+        ConnectionError::Other,
+    ];
+
+    pub fn of(e: &hyper::Error) -> ConnectionError {
+        if e.is_parse_too_large() {
+            ConnectionError::TooLarge
+        } else if e.is_parse() || e.is_parse_version_h2() {
+            ConnectionError::Parse
+        } else if e.is_timeout() {
+            ConnectionError::Timeout
+        } else {
+            ConnectionError::Other
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionError::Parse => "parse",
+            ConnectionError::TooLarge => "too_large",
+            ConnectionError::Timeout => "timeout",
+            ConnectionError::Other => "other",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

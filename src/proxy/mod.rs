@@ -314,8 +314,8 @@ impl Gateway {
     /// never reached [`Gateway::handle`]: they are counted here, and parse refusals
     /// (smuggling attempts among them) get an access-log line of their own, with
     /// route `connection`.
-    pub fn connection_error(&self, client: ClientInfo, kind: crate::server::ConnectionError) {
-        use crate::server::ConnectionError as K;
+    pub fn connection_error(&self, client: ClientInfo, kind: crate::error::ConnectionError) {
+        use crate::error::ConnectionError as K;
         self.metrics.connection_error(kind.as_str());
         let status = match kind {
             K::Parse => 400,
