@@ -30,11 +30,18 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 /// Forwarding headers the gateway does not set: from a client they are claims an
 /// upstream might trust (client address, original host or port), so they are
 /// dropped rather than passed on as if the gateway had written them.
-static CLIENT_FORWARDING: [HeaderName; 4] = [
+/// `X-Original-URL` and `X-Rewrite-URL` go too: some servers route by them, which
+/// would run another path than the one checked.
+static CLIENT_FORWARDING: [HeaderName; 9] = [
     header::FORWARDED,
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
 ];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names
@@ -281,6 +288,11 @@ mod tests {
             ("x-real-ip", "10.6.6.6"),
             ("x-forwarded-host", "evil.example"),
             ("x-forwarded-port", "8443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("true-client-ip", "10.6.6.6"),
+            ("x-client-ip", "10.6.6.6"),
+            ("x-original-url", "/api/v1/file/lib1/-/ck?renew"),
+            ("x-rewrite-url", "/api/v1/file/lib1/-/ck?renew"),
             ("x-forwarded-proto", "ftp"),
             ("x-request-id", "caller-id"),
         ]);
@@ -289,6 +301,11 @@ mod tests {
             "x-real-ip",
             "x-forwarded-host",
             "x-forwarded-port",
+            "x-forwarded-prefix",
+            "true-client-ip",
+            "x-client-ip",
+            "x-original-url",
+            "x-rewrite-url",
         ] {
             assert!(out.get(gone).is_none(), "{gone} was forwarded: {out:?}");
         }
