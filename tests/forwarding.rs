@@ -823,3 +823,71 @@ async fn a_renew_answer_too_large_to_buffer_passes_through_uncached() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_dropped_body_leaves_no_length_and_json_rows_are_sent_as_json() {
+    let gw = start().await;
+    gw.mock.set_behaviour(Behaviour::Fixed {
+        status: 200,
+        body: "{}".into(),
+    });
+    let tok = token_with(serde_json::json!({ "permissions": ["admin"] }));
+    // A GET row takes no body: the caller's 40 bytes and its Content-Length must not
+    // reach SMH (a stale length would swallow the next request on the connection).
+    let out = raw(
+        gw.addr,
+        format!(
+            "GET /api/v1/file/lib1/-/a.txt?info&access_token={tok} HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n{}",
+            "G".repeat(40)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let got = gw.mock.last().unwrap();
+    assert!(
+        got.headers.get("content-length").is_none(),
+        "{:?}",
+        got.headers
+    );
+    assert!(got.headers.get("content-type").is_none());
+    assert!(got.body.is_empty());
+    // A JSON row's body goes as JSON, whatever the caller called it, with its own length.
+    let r = gw
+        .request(
+            Method::POST,
+            &format!("/api/v1/file/lib1/-/b.bin?multipart&access_token={tok}"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            br#"{"a":"&access_token=OTHER&"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let got = gw.mock.last().unwrap();
+    assert_eq!(got.headers["content-type"], "application/json");
+    assert_eq!(got.headers["content-length"], "28");
+}
+
+#[tokio::test]
+async fn forward_mode_refuses_library_secret_in_any_spelling_and_head_on_get_rows() {
+    let gw = start_with(Setup {
+        rest: "[routes]\nunmatched = \"forward\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    for (target, body) in [
+        ("/api/v1/token?x=1;library_secret=S", &b""[..]),
+        ("/api/v1/token?x=1&Library_Secret=S", b""),
+        ("/api/v1/token?x=1&library%5Fsecret=S", b""),
+        ("/api/v1/token", b"library_secret=S&library_id=lib1"),
+    ] {
+        gw.request(Method::POST, target, &[], body)
+            .await
+            .assert_error(400, "ParamInvalid");
+    }
+    // HEAD where only GET rows are: a server answering HEAD with GET would run them.
+    let r = gw
+        .request(Method::HEAD, "/api/v1/usage/lib1", &[], b"")
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(gw.mock.count(), 0);
+}

@@ -72,7 +72,14 @@ pub fn inspect(
         let mut picked: Option<&Arc<Route>> = None;
         for sibling in dispatch {
             let key = sibling.body_key.as_deref().unwrap_or_default();
-            if object.contains_key(key) {
+            if let Some(v) = object.get(key) {
+                // `{"copyFrom": null}` must not be a copy here and an upload to a
+                // server that takes an empty value as absent.
+                if v.as_str().is_none_or(|s| s.is_empty()) {
+                    return Err(GatewayError::ParamInvalid(
+                        "copyFrom, from and linkTo must be non-empty strings",
+                    ));
+                }
                 if picked.is_some() {
                     return Err(GatewayError::ParamInvalid(
                         "the JSON body holds keys of two operations (copyFrom, from, linkTo)",
@@ -83,10 +90,14 @@ pub fn inspect(
         }
         picked.cloned().unwrap_or(route)
     };
+    let mut known: Vec<&str> = route.spaces.iter().map(|f| f.name()).collect();
+    known.extend(dispatch.iter().filter_map(|r| r.body_key.as_deref()));
+    known.extend(route.body_key.as_deref());
     let named_spaces = match route.body {
         BodyPolicy::None => Vec::new(),
         BodyPolicy::Json => {
             let object = json::body_object(body).map_err(invalid)?;
+            check_key_case(&object, &known)?;
             spaces_of_object(&route.spaces, &object)?
         }
         BodyPolicy::JsonArray => {
@@ -98,6 +109,11 @@ pub fn inspect(
                     return Err(GatewayError::ParamInvalid("the JSON body must be an array"));
                 };
                 let mut out = Vec::new();
+                for item in &items {
+                    if let Value::Object(o) = item {
+                        check_key_case(o, &known)?;
+                    }
+                }
                 for field in &route.spaces {
                     if let SpaceField::Items(name) = field {
                         for item in &items {
@@ -115,6 +131,22 @@ pub fn inspect(
         route,
         named_spaces,
     })
+}
+
+/// A key that equals one the gateway reads, but for case (`CopyFromSpaceId`): a
+/// parser that ignores case would act on what the gateway did not check.
+fn check_key_case(object: &Map<String, Value>, known: &[&str]) -> Result<(), GatewayError> {
+    for key in object.keys() {
+        if known
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(key) && *k != key.as_str())
+        {
+            return Err(GatewayError::ParamInvalid(
+                "a JSON body key differs from one the gateway reads only by case",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn is_blank(body: &[u8]) -> bool {
@@ -211,6 +243,10 @@ mod tests {
         for bad in [
             r#"{"copyFrom":"a","from":"b"}"#,
             r#"{"copyFrom":"a","copyFrom":"b"}"#,
+            r#"{"copyFrom":null}"#,
+            r#"{"from":""}"#,
+            r#"{"linkTo":7}"#,
+            r#"{"CopyFrom":"a"}"#,
             r#"{"size":1,"size":2}"#,
             "[1]",
             "{",
@@ -278,6 +314,22 @@ mod tests {
             );
         }
         assert!(inspect(route("create_quota"), &[], br#"{"spaces":"a"}"#).is_err());
+        assert!(
+            inspect(
+                route("move_file"),
+                &[],
+                br#"{"from":"a","fromSpaceId":"s1","FromSpaceId":"s2"}"#
+            )
+            .is_err()
+        );
+        assert!(
+            inspect(
+                route("batch_copy"),
+                &[],
+                br#"[{"copyFrom":"a","to":"b","CopyFromSpaceId":"s9"}]"#
+            )
+            .is_err()
+        );
         assert!(inspect(route("batch_copy"), &[], br#"{"copyFrom":"a"}"#).is_err());
     }
 }

@@ -82,12 +82,20 @@ pub fn upstream_request_headers(
     strip_hop_by_hop(&mut headers);
     // One pass over the names present decides what to remove: most requests carry
     // none of these, and each removal hashes its name.
+    // The caller's Content-Length goes too: the body sent upstream is the gateway's
+    // (dropped on rows without one), framed by hyper from the bytes actually sent. A
+    // stale length would make SMH read the next request on a pooled connection as
+    // this one's body (request smuggling).
     let dropped = |name: &HeaderName| {
-        name == header::AUTHORIZATION || name == header::HOST || CLIENT_FORWARDING.contains(name)
+        name == header::AUTHORIZATION
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || CLIENT_FORWARDING.contains(name)
     };
     if headers.keys().any(dropped) {
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::HOST);
+        headers.remove(header::CONTENT_LENGTH);
         for name in &CLIENT_FORWARDING {
             headers.remove(name);
         }

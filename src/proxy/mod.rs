@@ -420,6 +420,7 @@ impl Gateway {
             BodyPolicy::None => Bytes::new(),
             BodyPolicy::Json | BodyPolicy::JsonArray => body,
         };
+        let has_body = !body.is_empty();
 
         // Phases 2-3: auth and policy, as the row asks.
         let caller_token = op.token.take();
@@ -508,8 +509,24 @@ impl Gateway {
                 user_id,
                 traffic_limit,
             ));
-            let headers =
+            let mut headers =
                 headers::upstream_request_headers(headers, client.addr, client.proto, request_id);
+            // What SMH parses the body as is what the gateway checked it as.
+            match op.route.body {
+                BodyPolicy::None => {
+                    headers.remove(header::CONTENT_TYPE);
+                }
+                BodyPolicy::Json | BodyPolicy::JsonArray => {
+                    if has_body {
+                        headers.insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                    } else {
+                        headers.remove(header::CONTENT_TYPE);
+                    }
+                }
+            }
             (target, headers)
         };
 
@@ -713,6 +730,13 @@ impl Gateway {
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let body = body::read(body, &settings.config.server).await?;
+        // A library secret in a form body (or behind `;` in the query) would reach
+        // SMH unchecked: refused like one in the query.
+        if route::mentions_library_secret(parts.uri.query().unwrap_or("").as_bytes())
+            || route::mentions_library_secret(&body)
+        {
+            return Err(route::LIBRARY_SECRET);
+        }
         let target = parts
             .uri
             .path_and_query()

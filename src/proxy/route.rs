@@ -332,6 +332,16 @@ impl Router {
             Selected::Unmatched => {}
             row => return Ok(row),
         }
+        // HEAD on a path only GET serves: many servers answer HEAD with the GET
+        // handler, which would run the row unchecked.
+        if m == Method::Head
+            && !matches!(
+                self.select_segments(Method::Get, &target.segs, &target.query),
+                Ok(Selected::Unmatched)
+            )
+        {
+            return Err(LOOK_ALIKE);
+        }
         // Not a row as sent: would it become one after normalising?
         let normal = normalise(target.uri.path());
         let normal: Vec<&str> = normal.iter().map(String::as_str).collect();
@@ -728,6 +738,18 @@ impl Operation {
 pub const LIBRARY_SECRET: GatewayError = GatewayError::ParamInvalid(
     "library_secret is not accepted: the gateway authorises by its own tokens",
 );
+
+/// Whether bytes (a query or a form body) name `library_secret` in any spelling a
+/// lenient parser might accept: percent-decoded (twice), `+` as space, any case.
+pub fn mentions_library_secret(raw: &[u8]) -> bool {
+    let mut text = String::from_utf8_lossy(raw).replace('+', " ");
+    for _ in 0..2 {
+        text = percent_encoding::percent_decode_str(&text)
+            .decode_utf8_lossy()
+            .into_owned();
+    }
+    text.to_ascii_lowercase().contains("library_secret")
+}
 
 /// The token from the query (SMH's convention) or `Authorization: Bearer` (an
 /// extension). Both present and different is a 400: one of them would go unchecked.
