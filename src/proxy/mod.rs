@@ -399,9 +399,6 @@ impl Gateway {
                 return match config.routes.unmatched {
                     Unmatched::Deny => Err(GatewayError::RouteNotFound),
                     Unmatched::Forward => {
-                        if target.has_library_secret() {
-                            return Err(route::LIBRARY_SECRET);
-                        }
                         drop(target);
                         self.forward_unchecked(settings, parts, body, client, request_id, ctx)
                             .await

@@ -140,11 +140,6 @@ impl<'a> Target<'a> {
             uri,
         }
     }
-
-    /// Whether the query carries `library_secret` (refused in every mode).
-    pub fn has_library_secret(&self) -> bool {
-        self.query.has("library_secret")
-    }
 }
 
 /// What the router made of a request head.
