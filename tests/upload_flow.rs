@@ -55,6 +55,22 @@ impl Flow {
     }
 }
 
+impl Flow {
+    /// Begins a multipart upload of `path` (as the SDK encodes it) and returns its
+    /// confirm key.
+    async fn begin_multipart(&self, path: &str) -> String {
+        let begin = self
+            .call(
+                Method::POST,
+                &format!("/file/lib1/-/{path}?multipart=1"),
+                "{}",
+            )
+            .await;
+        assert_eq!(begin.status, 201, "{}", begin.text());
+        json_of(&begin)["confirmKey"].as_str().unwrap().to_string()
+    }
+}
+
 fn json_of(r: &Resp) -> Value {
     serde_json::from_slice(&r.body).unwrap_or(Value::Null)
 }
@@ -165,11 +181,7 @@ async fn a_simple_upload_begins_and_confirms_and_a_cancel_ends_an_upload() {
     assert_eq!(confirm.status, 200, "{}", confirm.text());
 
     // Cancel: begin, abort, and the upload is gone.
-    let begin = f
-        .call(Method::POST, "/file/lib1/-/gone.bin?multipart=1", "{}")
-        .await;
-    assert_eq!(begin.status, 201, "{}", begin.text());
-    let ck = json_of(&begin)["confirmKey"].as_str().unwrap().to_string();
+    let ck = f.begin_multipart("gone.bin").await;
     let cancel = f
         .call(Method::DELETE, &format!("/file/lib1/-/{ck}?upload=1"), "")
         .await;
@@ -183,10 +195,7 @@ async fn a_simple_upload_begins_and_confirms_and_a_cancel_ends_an_upload() {
 #[tokio::test]
 async fn a_resumed_upload_renews_first_then_confirms() {
     let f = flow().await;
-    let begin = f
-        .call(Method::POST, "/file/lib1/-/resume.bin?multipart=1", "{}")
-        .await;
-    let ck = json_of(&begin)["confirmKey"].as_str().unwrap().to_string();
+    let ck = f.begin_multipart("resume.bin").await;
     // A new client process, with only its checkpoint: status, renew, confirm.
     let status = f
         .call(Method::GET, &format!("/file/lib1/-/{ck}?upload=1"), "")

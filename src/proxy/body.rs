@@ -65,10 +65,13 @@ pub fn inspect(
     dispatch: &[Arc<Route>],
     body: &[u8],
 ) -> Result<Inspected, GatewayError> {
+    // A JSON object body is parsed once, for the dispatch and the spaces alike.
+    let mut object = None;
     let route = if dispatch.is_empty() {
         route
     } else {
-        let object = json::body_object(body).map_err(invalid)?;
+        let parsed = object.insert(json::body_object(body).map_err(invalid)?);
+        let object = &*parsed;
         let mut picked: Option<&Arc<Route>> = None;
         for sibling in dispatch {
             let key = sibling.body_key.as_deref().unwrap_or_default();
@@ -96,7 +99,10 @@ pub fn inspect(
     let named_spaces = match route.body {
         BodyPolicy::None => Vec::new(),
         BodyPolicy::Json => {
-            let object = json::body_object(body).map_err(invalid)?;
+            let object = match object {
+                Some(o) => o,
+                None => json::body_object(body).map_err(invalid)?,
+            };
             check_key_case(&object, &known)?;
             spaces_of_object(&route.spaces, &object)?
         }
