@@ -130,10 +130,9 @@ traffic_limit = {{ min = 102400, max = 1048576, default = 524288 }}
         "curl -sS -X POST 'http://{addr}/api/v1/%66ile/demo-lib/-/{ck}?renew=1&access_token={tok}'; echo"
     );
     let mode_note = match credential {
-        DemoCredential::Passthrough => format!(
-            "credential passthrough: the caller's token goes upstream \
+        DemoCredential::Passthrough => "credential passthrough: the caller's token goes upstream \
              (try `smh-gateway demo --credential library_secret`)"
-        ),
+            .to_string(),
         DemoCredential::LibrarySecret => format!(
             "credential library_secret: the gateway holds the SMH library secrets and mints \
              least-privilege SMH tokens itself\n          \

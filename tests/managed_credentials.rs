@@ -357,8 +357,7 @@ async fn a_secret_rotated_and_reloaded_gets_new_tokens() {
         .mock
         .received()
         .into_iter()
-        .filter(|r| r.path == "/api/v1/token")
-        .next_back()
+        .rfind(|r| r.path == "/api/v1/token")
         .unwrap();
     assert!(last_call.query.unwrap().contains(rotated));
 }

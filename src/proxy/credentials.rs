@@ -607,6 +607,8 @@ pub fn refuses_token(status: StatusCode, body: &[u8]) -> bool {
 
 /// A streamed upstream answer, looked at for a token refusal: only a 403's body is
 /// read (it is small), and passed on buffered when it is not a refusal.
+// Made once per managed send and matched at once: boxing the response buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Checked {
     Pass(Response<ResponseBody>),
     Refused,
@@ -788,6 +790,51 @@ mod tests {
             TokenRequest::new(missing, &secrets, Duration::from_secs(1)).unwrap_err(),
             FAILED
         );
+    }
+
+    fn manager(max_held: usize) -> TokenManager {
+        let config = crate::config::Config::parse(
+            std::path::Path::new("t.toml"),
+            "upstream.url = \"http://127.0.0.1:9\"\nauth.keys = [{ kid = \"k\", alg = \"HS256\", secret_env = \"S\" }]\n",
+        )
+        .unwrap();
+        let upstream = Upstream::new(&config.upstream, &config.source).unwrap();
+        TokenManager {
+            max_held,
+            ..TokenManager::new(Arc::new(upstream), None, Arc::new(Metrics::new(&[], &[])))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_store_is_bounded_expired_first_then_least_recently_used() {
+        let m = manager(2);
+        let now = now_ms();
+        let held = |token: &str, used: u64, live: bool| Held {
+            token: Secret::new(token),
+            refresh_at: now + 1000,
+            use_until: if live { now + 10_000 } else { now - 1 },
+            refreshing: false,
+            last_used: used,
+        };
+        let mut state = m.lock();
+        m.insert(&mut state, [1; 32], held("old", 1, true));
+        m.insert(&mut state, [2; 32], held("expired", 5, false));
+        m.insert(&mut state, [3; 32], held("new", 9, true));
+        assert_eq!(state.held.len(), 2);
+        assert!(
+            !state.held.contains_key(&[2; 32]),
+            "the expired one went first"
+        );
+        m.insert(&mut state, [4; 32], held("newest", 10, true));
+        assert_eq!(state.held.len(), 2);
+        assert!(
+            !state.held.contains_key(&[1; 32]),
+            "then the least recently used"
+        );
+        // Replacing a held identity evicts nothing.
+        m.insert(&mut state, [4; 32], held("replaced", 11, true));
+        assert_eq!(state.held.len(), 2);
+        assert_eq!(state.held[&[4; 32]].token.expose(), "replaced");
     }
 
     #[test]

@@ -616,7 +616,9 @@ impl Gateway {
     }
 
     /// A renew through the cache: the answer is buffered (it is shared by coalesced
-    /// callers and stored), and carries `X-Cache`.
+    /// callers and stored), and carries `X-Cache`. `managed`: the SMH token the
+    /// flight sends, and what to ask for a fresh one should SMH refuse it.
+    #[allow(clippy::too_many_arguments)]
     async fn renew(
         &self,
         cache: &RenewCache,
@@ -826,51 +828,49 @@ impl Gateway {
     }
 }
 
-/// An upstream exchange whose answer is read whole, as a future that owns
-/// everything it needs: the cache runs it in a task of its own, so that it
+/// An upstream exchange whose answer is read whole; its future owns everything it
+/// needs (it is `Send + 'static`): the cache runs it in a task of its own, so that it
 /// finishes for the other waiters even when the client that started it goes away.
-fn fetch_buffered(
+async fn fetch_buffered(
     upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
     method: http::Method,
     path_and_query: String,
     headers: HeaderMap,
     route_metrics: RouteMetrics,
-) -> impl Future<Output = Result<Answer, GatewayError>> + Send + 'static {
-    async move {
-        let started = Instant::now();
-        let sent = upstream
-            .send(UpstreamRequest {
-                method,
-                path_and_query,
-                headers,
-                body: Bytes::new(),
-            })
-            .await;
-        let (resp, deadline) = sent.inspect_err(|_| {
-            metrics.upstream(&route_metrics, started.elapsed());
-        })?;
-        check_response(&resp)?;
-        let (mut parts, body) = resp.into_parts();
-        let body = upstream::read_body(body, deadline).await;
-        metrics.upstream(&route_metrics, started.elapsed());
-        headers::strip_hop_by_hop(&mut parts.headers);
-        let (body, rest) = match body? {
-            upstream::ReadBody::Whole(body) => {
-                // The body is sent with the length of what was read, never the
-                // upstream's framing.
-                parts.headers.remove(header::CONTENT_LENGTH);
-                (body, None)
-            }
-            upstream::ReadBody::TooLarge(prefix, rest) => (prefix, Some(Rest::new(rest))),
-        };
-        Ok(Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-            rest,
+) -> Result<Answer, GatewayError> {
+    let started = Instant::now();
+    let sent = upstream
+        .send(UpstreamRequest {
+            method,
+            path_and_query,
+            headers,
+            body: Bytes::new(),
         })
-    }
+        .await;
+    let (resp, deadline) = sent.inspect_err(|_| {
+        metrics.upstream(&route_metrics, started.elapsed());
+    })?;
+    check_response(&resp)?;
+    let (mut parts, body) = resp.into_parts();
+    let body = upstream::read_body(body, deadline).await;
+    metrics.upstream(&route_metrics, started.elapsed());
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let (body, rest) = match body? {
+        upstream::ReadBody::Whole(body) => {
+            // The body is sent with the length of what was read, never the
+            // upstream's framing.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            (body, None)
+        }
+        upstream::ReadBody::TooLarge(prefix, rest) => (prefix, Some(Rest::new(rest))),
+    };
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        rest,
+    })
 }
 
 /// The cache key's credential for a row sent without one (none is today).
