@@ -61,6 +61,10 @@ pub enum UpstreamFailure {
     Connect,
     /// The connection broke, or the answer was not valid HTTP or was too large.
     Invalid,
+    /// `upstream.credential = "library_secret"`: SMH's token call failed, or SMH
+    /// refused a freshly obtained token too. Never InvalidAccessToken to the client:
+    /// its SDK would discard its own, valid token.
+    Credential,
 }
 
 /// 499, SMH's status for a client that went away (not in `http`'s constants).
@@ -286,6 +290,13 @@ impl GatewayError {
                 "upstream_invalid",
                 Upstream("invalid"),
             ),
+            E::UpstreamUnavailable(UpstreamFailure::Credential) => class(
+                S::BAD_GATEWAY,
+                "UpstreamUnavailable",
+                "the upstream credential could not be obtained or was refused",
+                "upstream_credential",
+                Upstream("credential"),
+            ),
             E::ServerOverloaded => class(
                 S::SERVICE_UNAVAILABLE,
                 "ServerOverloaded",
@@ -445,6 +456,11 @@ mod tests {
             ),
             (
                 GatewayError::UpstreamUnavailable(UpstreamFailure::Invalid),
+                502,
+                "UpstreamUnavailable",
+            ),
+            (
+                GatewayError::UpstreamUnavailable(UpstreamFailure::Credential),
                 502,
                 "UpstreamUnavailable",
             ),

@@ -66,7 +66,12 @@ enum Command {
         ttl: Duration,
     },
     /// The gateway and a built-in mock SMH upstream on loopback, with curl examples.
-    Demo,
+    Demo {
+        /// The upstream credential mode: `passthrough`, or `library_secret` (the
+        /// gateway mints SMH tokens with library secrets; the mock checks them).
+        #[arg(long, default_value = "passthrough", value_parser = ["passthrough", "library_secret"])]
+        credential: String,
+    },
     /// Print the effective route table (the built-in rows with the config's
     /// `[[routes.rules]]` applied) as Markdown.
     Routes {
@@ -111,8 +116,12 @@ fn main() -> ExitCode {
         }
         Command::Serve { config } => serve(&config),
         Command::Routes { config } => routes(config.as_deref()),
-        Command::Demo => runtime().block_on(async {
-            match smh_gateway::demo::run().await {
+        Command::Demo { credential } => runtime().block_on(async {
+            let credential = match credential.as_str() {
+                "library_secret" => smh_gateway::demo::DemoCredential::LibrarySecret,
+                _ => smh_gateway::demo::DemoCredential::Passthrough,
+            };
+            match smh_gateway::demo::run(credential).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("demo failed: {e}");
@@ -236,7 +245,7 @@ async fn reload_on_sighup(gateway: Arc<Gateway>, path: PathBuf) {
                 gateway.replace_settings(settings);
                 gateway.metrics().reload(true);
                 log::info(&format!(
-                    "SIGHUP: reloaded {} (keys, claims, libraries, traffic_limit, routes and credential apply now; listeners, TLS, server limits, upstream and cache need a restart)",
+                    "SIGHUP: reloaded {} (keys, claims, libraries and their secrets, traffic_limit, routes and credential apply now; listeners, TLS, server limits, upstream and cache need a restart)",
                     path.display()
                 ));
             }

@@ -86,6 +86,9 @@ pub struct Metrics {
     policy_refusals: IntCounterVec,
     upstream_errors: IntCounterVec,
     cache_entries: IntGauge,
+    upstream_token_fetches: IntCounterVec,
+    upstream_token_refused: IntCounter,
+    upstream_tokens: IntGauge,
     renewals: IntCounterVec,
     traffic_limit_granted: HistogramVec,
     config_reloads: IntCounterVec,
@@ -222,6 +225,28 @@ impl Metrics {
             "smh_gateway_cache_entries",
             "Entries in the renew cache.",
         );
+        let upstream_token_fetches = counter(
+            &registry,
+            "smh_gateway_upstream_token_fetches_total",
+            "Managed SMH tokens obtained (upstream.credential = library_secret), by result: minted (a request waited for SMH's token call), refreshed (ahead of time, in the background), shared (another replica's, from Redis), failure (the token call failed).",
+            &["result"],
+        );
+        for r in ["minted", "refreshed", "shared", "failure"] {
+            upstream_token_fetches.with_label_values(&[r]);
+        }
+        let upstream_token_refused = IntCounter::new(
+            "smh_gateway_upstream_token_refused_total",
+            "Managed SMH tokens SMH refused (403 InvalidAccessToken): dropped, and the request sent once more with a fresh one.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upstream_token_refused.clone()))
+            .expect("metric registered once");
+        let upstream_tokens = gauge(
+            &registry,
+            "smh_gateway_upstream_tokens",
+            "Managed SMH tokens held in memory.",
+        );
         let renewals = counter(
             &registry,
             "smh_gateway_renewals_total",
@@ -302,7 +327,7 @@ impl Metrics {
         for d in ["up", "down"] {
             clamped.with_label_values(&[d]);
         }
-        for k in ["connect", "timeout", "invalid"] {
+        for k in ["connect", "timeout", "invalid", "credential"] {
             upstream_errors.with_label_values(&[k]);
         }
         for r in CacheResult::ALL {
@@ -340,6 +365,9 @@ impl Metrics {
             policy_refusals,
             upstream_errors,
             cache_entries,
+            upstream_token_fetches,
+            upstream_token_refused,
+            upstream_tokens,
             renewals,
             traffic_limit_granted,
             config_reloads,
@@ -442,6 +470,23 @@ impl Metrics {
 
     pub fn cache(&self, result: CacheResult) {
         self.cache_by_result[result as usize].inc();
+    }
+
+    /// A managed SMH token obtained, or a failed attempt (`minted`, `refreshed`,
+    /// `shared`, `failure`).
+    pub fn upstream_token_fetch(&self, result: &'static str) {
+        self.upstream_token_fetches
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    pub fn upstream_token_refused(&self) {
+        self.upstream_token_refused.inc();
+    }
+
+    pub fn set_upstream_tokens(&self, n: usize) {
+        self.upstream_tokens
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn set_cache_entries(&self, n: usize) {
@@ -559,6 +604,7 @@ mod tests {
     fn unconfigured_libraries_are_other() {
         let libs = [crate::config::LibraryConfig {
             id: "lib1".into(),
+            secret: None,
             multi_tenant: false,
             traffic_limit: crate::config::TrafficLimitBounds {
                 min: 1,

@@ -344,9 +344,21 @@ async fn claim_credential_sends_the_claim_and_refuses_tokens_without_it() {
 
 #[test]
 fn demo_prints_curl_commands_that_work() {
+    demo_commands_work(&[]);
+}
+
+/// The production credential mode: the same commands, with SMH tokens the gateway
+/// mints and the mock checks (grants included).
+#[test]
+fn demo_with_library_secrets_prints_curl_commands_that_work() {
+    demo_commands_work(&["--credential", "library_secret"]);
+}
+
+fn demo_commands_work(args: &[&str]) {
     use std::io::{BufRead, BufReader};
     let mut child = bin()
         .arg("demo")
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -242,6 +242,7 @@ fn error_tag(e: &GatewayError) -> &'static str {
         E::UpstreamTimeout => "timeout",
         E::UpstreamUnavailable(UpstreamFailure::Connect) => "connect",
         E::UpstreamUnavailable(UpstreamFailure::Invalid) => "invalid",
+        E::UpstreamUnavailable(UpstreamFailure::Credential) => "credential",
         E::RouteNotFound
         | E::ParamInvalid(_)
         | E::EmptyAccessToken
@@ -267,6 +268,7 @@ fn error_from_tag(tag: &[u8]) -> GatewayError {
     match tag {
         b"timeout" => GatewayError::UpstreamTimeout,
         b"connect" => GatewayError::UpstreamUnavailable(UpstreamFailure::Connect),
+        b"credential" => GatewayError::UpstreamUnavailable(UpstreamFailure::Credential),
         _ => GatewayError::UpstreamUnavailable(UpstreamFailure::Invalid),
     }
 }
@@ -410,6 +412,7 @@ mod tests {
             GatewayError::UpstreamTimeout,
             GatewayError::UpstreamUnavailable(UpstreamFailure::Connect),
             GatewayError::UpstreamUnavailable(UpstreamFailure::Invalid),
+            GatewayError::UpstreamUnavailable(UpstreamFailure::Credential),
         ] {
             match decode_result(Bytes::from(encode_result(&Err(e.clone())))).unwrap() {
                 Published::Error(back) => assert_eq!(back, e),

@@ -89,6 +89,16 @@ return redis.call('ZCARD', KEYS[1])
 ";
 
 /// The scripts, hashed once.
+/// Deletes a key only while its value ends with the given suffix.
+/// `KEYS: key; ARGV: suffix`.
+pub const DELETE_IF: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and #v >= #ARGV[1] and string.sub(v, -#ARGV[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 pub struct Scripts {
     pub acquire: Script,
     pub poll: Script,
@@ -96,6 +106,7 @@ pub struct Scripts {
     pub finish: Script,
     pub invalidate: Script,
     pub count: Script,
+    pub delete_if: Script,
 }
 
 impl Scripts {
@@ -107,6 +118,7 @@ impl Scripts {
             finish: Script::new(FINISH),
             invalidate: Script::new(INVALIDATE),
             count: Script::new(COUNT),
+            delete_if: Script::new(DELETE_IF),
         }
     }
 }

@@ -177,6 +177,15 @@ impl RenewCache {
         }
     }
 
+    /// The Redis connection, when the cache is shared through Redis (managed SMH
+    /// tokens are shared through it too, with its timeouts and breaker).
+    pub fn redis(&self) -> Option<Arc<RedisStore>> {
+        match &self.backend {
+            Backend::Memory(_) => None,
+            Backend::Redis(r) => Some(r.clone()),
+        }
+    }
+
     /// Entries held: exact for memory; for Redis, across all replicas as last
     /// counted.
     pub fn entries(&self) -> usize {

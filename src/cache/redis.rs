@@ -329,6 +329,48 @@ impl RedisStore {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
+    /// A plain `GET`, through the same timeout and breaker (for state other
+    /// features share across replicas: managed SMH tokens).
+    pub async fn get_value(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
+        self.call(async |mut conn| redis::cmd("GET").arg(key).query_async(&mut conn).await)
+            .await
+    }
+
+    /// `SET key value PX ttl`.
+    pub async fn set_value(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), Unavailable> {
+        let px = ms(ttl).max(1);
+        self.call(async |mut conn| {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(px)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Deletes `key` only while its value still ends with `suffix` (another replica
+    /// may have replaced it meanwhile).
+    pub async fn delete_if_ends_with(&self, key: &str, suffix: &[u8]) -> Result<(), Unavailable> {
+        self.call(async |mut conn| {
+            self.scripts
+                .delete_if
+                .key(key)
+                .arg(suffix)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
     async fn count(&self) -> Result<usize, Unavailable> {
         let n: i64 = self
             .call(async |mut conn| {

@@ -101,6 +101,8 @@ pub struct UpstreamConfig {
     pub retries: u32,
     pub ca_file: Option<PathBuf>,
     pub credential: CredentialMode,
+    /// `upstream.token_period`: the `period` asked of SMH for managed tokens.
+    pub token_period: Duration,
 }
 
 /// Which access_token the gateway sends upstream (SPEC §5).
@@ -112,6 +114,8 @@ pub enum CredentialMode {
     Claim(String),
     /// The SMH token in this environment variable.
     Static { env: String },
+    /// SMH tokens the gateway obtains itself with each library's secret (SPEC §12).
+    LibrarySecret,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +166,16 @@ pub struct LibraryConfig {
     pub multi_tenant: bool,
     /// The library's own bounds, already merged with the global ones.
     pub traffic_limit: TrafficLimitBounds,
+    /// Where its SMH library secret is (read by `proxy::credentials`, not here).
+    pub secret: Option<SecretSource>,
+}
+
+/// Where a library secret is read from: an env var or a file (one trailing `\n` or
+/// `\r\n` dropped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -338,13 +352,17 @@ impl Validator<'_> {
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let traffic_limit = self.global_traffic_limit(&raw.traffic_limit)?;
         let libraries = self.libraries(&raw.libraries, &traffic_limit)?;
+        let upstream = self.upstream(&raw.upstream)?;
+        if upstream.credential == CredentialMode::LibrarySecret {
+            self.managed_libraries(&libraries)?;
+        }
         Ok(Config {
             source: self.file.to_path_buf(),
             server: self.server(&raw.server)?,
             admin: AdminConfig {
                 listen: self.addr("admin.listen", &raw.admin.listen)?,
             },
-            upstream: self.upstream(&raw.upstream)?,
+            upstream,
             auth: self.auth(&raw.auth)?,
             traffic_limit,
             libraries,
@@ -438,13 +456,23 @@ impl Validator<'_> {
                     env: u.credential_env.clone(),
                 }
             }
+            "library_secret" => CredentialMode::LibrarySecret,
             other => {
                 return Err(self.err(
                     "upstream.credential",
-                    format!("must be \"passthrough\", \"claim\" or \"static\", got {other:?}"),
+                    format!(
+                        "must be \"passthrough\", \"claim\", \"static\" or \"library_secret\", got {other:?}"
+                    ),
                 ));
             }
         };
+        let token_period = self.positive_duration("upstream.token_period", &u.token_period)?;
+        if token_period.subsec_nanos() != 0 {
+            return Err(self.err(
+                "upstream.token_period",
+                "must be whole seconds (SMH's period is in seconds)",
+            ));
+        }
         Ok(UpstreamConfig {
             url: uri,
             connect_timeout: self
@@ -465,7 +493,26 @@ impl Validator<'_> {
                 .map(|p| self.path("upstream.ca_file", p))
                 .transpose()?,
             credential,
+            token_period,
         })
+    }
+
+    /// `upstream.credential = "library_secret"`: at least one library, each with
+    /// its secret (SPEC §12).
+    fn managed_libraries(&self, libraries: &[LibraryConfig]) -> Result<(), ConfigError> {
+        if libraries.is_empty() {
+            return Err(self.err(
+                "libraries",
+                "upstream.credential = \"library_secret\" needs at least one [[libraries]] entry with its secret",
+            ));
+        }
+        if let Some(i) = libraries.iter().position(|l| l.secret.is_none()) {
+            return Err(self.err(
+                &format!("libraries[{i}].secret_env"),
+                "upstream.credential = \"library_secret\": give secret_env or secret_file",
+            ));
+        }
+        Ok(())
     }
 
     fn auth(&self, a: &raw::RawAuth) -> Result<AuthConfig, ConfigError> {
@@ -684,10 +731,29 @@ impl Validator<'_> {
                     b
                 }
             };
+            let secret = match (&l.secret_env, &l.secret_file) {
+                (None, None) => None,
+                (Some(env), None) => {
+                    if env.is_empty() {
+                        return Err(self.err(&format!("{at}.secret_env"), "must not be empty"));
+                    }
+                    Some(SecretSource::Env(env.clone()))
+                }
+                (None, Some(file)) => Some(SecretSource::File(
+                    self.path(&format!("{at}.secret_file"), file)?,
+                )),
+                (Some(_), Some(_)) => {
+                    return Err(self.err(
+                        &format!("{at}.secret_file"),
+                        "give secret_env or secret_file, not both",
+                    ));
+                }
+            };
             out.push(LibraryConfig {
                 id: l.id.clone(),
                 multi_tenant: l.multi_tenant,
                 traffic_limit,
+                secret,
             });
         }
         Ok(out)

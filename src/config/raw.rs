@@ -77,6 +77,7 @@ pub struct RawUpstream {
     pub credential: String,
     pub credential_claim: String,
     pub credential_env: String,
+    pub token_period: String,
 }
 
 impl Default for RawUpstream {
@@ -90,6 +91,7 @@ impl Default for RawUpstream {
             credential: "passthrough".into(),
             credential_claim: "smh_token".into(),
             credential_env: "SMH_ACCESS_TOKEN".into(),
+            token_period: "1h".into(),
         }
     }
 }
@@ -168,6 +170,9 @@ pub struct RawLibrary {
     #[serde(default)]
     pub multi_tenant: bool,
     pub traffic_limit: Option<RawTrafficLimit>,
+    /// The SMH library secret (`upstream.credential = "library_secret"`).
+    pub secret_env: Option<String>,
+    pub secret_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

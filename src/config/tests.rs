@@ -67,6 +67,7 @@ fn assert_spec_defaults(c: &Config) {
     assert_eq!(u.retries, 1);
     assert!(u.ca_file.is_none());
     assert_eq!(u.credential, CredentialMode::Passthrough);
+    assert_eq!(u.token_period, Duration::from_secs(3600));
 
     let a = &c.auth;
     assert_eq!(a.leeway, Duration::from_secs(30));
@@ -335,6 +336,63 @@ fn credential_modes_map_to_their_typed_form() {
     for (extra, want) in cases {
         assert_eq!(parse_ok(&with(extra)).upstream.credential, want, "{extra}");
     }
+}
+
+#[test]
+fn library_secret_mode_needs_libraries_each_with_a_secret() {
+    let mode = "upstream.credential = \"library_secret\"";
+    let c = parse_ok(&with(&format!(
+        "{mode}\nupstream.token_period = \"10m\"\n[[libraries]]\nid = \"a\"\nsecret_env = \"A_SECRET\"\n[[libraries]]\nid = \"b\"\nsecret_file = \"/run/b.secret\""
+    )));
+    assert_eq!(c.upstream.credential, CredentialMode::LibrarySecret);
+    assert_eq!(c.upstream.token_period, Duration::from_secs(600));
+    assert_eq!(
+        c.libraries[0].secret,
+        Some(SecretSource::Env("A_SECRET".into()))
+    );
+    assert_eq!(
+        c.libraries[1].secret,
+        Some(SecretSource::File("/run/b.secret".into()))
+    );
+    assert_eq!(
+        parse_ok(MINIMAL).upstream.token_period,
+        Duration::from_secs(3600)
+    );
+    check_errors(&[
+        (with(mode), Some("libraries"), "at least one [[libraries]]"),
+        (
+            with(&format!(
+                "{mode}\n[[libraries]]\nid = \"a\"\nsecret_env = \"A\"\n[[libraries]]\nid = \"b\""
+            )),
+            Some("libraries[1].secret_env"),
+            "give secret_env or secret_file",
+        ),
+        (
+            with("[[libraries]]\nid = \"a\"\nsecret_env = \"A\"\nsecret_file = \"f\""),
+            Some("libraries[0].secret_file"),
+            "not both",
+        ),
+        (
+            with("[[libraries]]\nid = \"a\"\nsecret_env = \"\""),
+            Some("libraries[0].secret_env"),
+            "must not be empty",
+        ),
+        (
+            with("upstream.token_period = \"1500ms\""),
+            Some("upstream.token_period"),
+            "whole seconds",
+        ),
+        (
+            with("upstream.token_period = \"0s\""),
+            Some("upstream.token_period"),
+            "greater than zero",
+        ),
+        (
+            with("upstream.credential = \"secret\""),
+            Some("upstream.credential"),
+            "\"library_secret\"",
+        ),
+    ]);
 }
 
 /// A config whose only keys are the given `[[auth.keys]]` bodies.

@@ -13,6 +13,10 @@
 //! received, as a JSON number like SMH's example): the gateway's tests and
 //! benchmarks renew made-up keys. The state machine lives in [`smh`].
 //!
+//! The token API issues SMH tokens for a library secret set with
+//! [`MockUpstream::set_library_secret`]; from then on business requests' tokens are
+//! checked like SMH's, grants included (`smh/tokens.rs`).
+//!
 //! The mock records what it received, so tests can assert on exactly what the
 //! gateway forwarded, and its behaviour can be switched to fail on purpose.
 
@@ -34,6 +38,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 pub use smh::confirm_key_for;
+pub use smh::tokens::IssuedToken;
 use smh::{MockSmh, json_response};
 
 /// Requests kept for inspection.
@@ -120,6 +125,48 @@ impl MockUpstream {
 
     pub fn last(&self) -> Option<Received> {
         lock(&self.state.received).last().cloned()
+    }
+
+    /// Sets an SMH library secret for the token API. From the first one on, the
+    /// mock checks business requests' tokens like SMH (`smh/tokens.rs`): tokens it
+    /// issued, with the grant the operation needs.
+    pub fn set_library_secret(&self, library: &str, secret: &str) {
+        lock(&self.state.smh).tokens.set_secret(library, secret);
+    }
+
+    /// The `expiresIn` the token API answers (`None`: the period, as SMH clamps it).
+    pub fn set_token_expires_in(&self, seconds: Option<u64>) {
+        lock(&self.state.smh).tokens.expires_in = seconds;
+    }
+
+    /// The token API answers 500 while this is set.
+    pub fn set_token_api_down(&self, down: bool) {
+        lock(&self.state.smh).tokens.api_down = down;
+    }
+
+    /// Every business request's token is refused (403 InvalidAccessToken), new
+    /// ones included, while this is set.
+    pub fn set_refuse_all_tokens(&self, refuse: bool) {
+        lock(&self.state.smh).tokens.refuse_all = refuse;
+    }
+
+    /// Revokes every token issued so far (SMH then answers 403 InvalidAccessToken
+    /// to them); returns how many were live.
+    pub fn revoke_tokens(&self) -> usize {
+        lock(&self.state.smh).tokens.revoke_all()
+    }
+
+    /// Every token the token API issued, oldest first.
+    pub fn issued_tokens(&self) -> Vec<IssuedToken> {
+        lock(&self.state.smh).tokens.issued()
+    }
+
+    /// Create-token calls received (answered or not).
+    pub fn token_calls(&self) -> usize {
+        lock(&self.state.received)
+            .iter()
+            .filter(|r| r.path == "/api/v1/token")
+            .count()
     }
 
     /// Forgets the received requests (the uploads, directories and files stay).

@@ -10,6 +10,7 @@
 
 mod answers;
 mod request;
+pub(super) mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -111,6 +112,8 @@ pub(super) struct MockSmh {
     files: BTreeMap<Key, File>,
     /// Directories other than the root (which always exists), with creation time.
     dirs: BTreeMap<Key, String>,
+    /// The token API, and the check of tokens once library secrets are set.
+    pub(super) tokens: tokens::Tokens,
 }
 
 impl MockSmh {
@@ -120,6 +123,7 @@ impl MockSmh {
             uploads: HashMap::new(),
             files: BTreeMap::new(),
             dirs: BTreeMap::new(),
+            tokens: tokens::Tokens::new(),
         }
     }
 
@@ -129,6 +133,12 @@ impl MockSmh {
             return smh_error(StatusCode::NOT_FOUND, "RouteNotFound", "route not found");
         };
         let query = Query::parse(req.query.as_deref());
+        if rest == "token" || rest.starts_with("token/") {
+            return self.tokens.answer(req, rest, &query);
+        }
+        if let Some(refusal) = self.tokens.refuse(req, &query) {
+            return refusal;
+        }
         if needs_token(&req.method, rest) && query.get("access_token").is_none_or(str::is_empty) {
             return smh_error(
                 StatusCode::BAD_REQUEST,

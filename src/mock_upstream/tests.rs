@@ -602,3 +602,125 @@ async fn the_server_keeps_state_between_requests() {
     assert!(download.starts_with("HTTP/1.1 302"), "{download}");
     assert_eq!(mock.count(), 3);
 }
+
+/// A create-token call's answer, against the mock that knows lib1's secret.
+fn create_token(m: &mut MockSmh, query: &str) -> Answer {
+    read(m.answer(&received(
+        Method::GET,
+        &format!("/api/v1/token?{query}"),
+        "",
+    )))
+}
+
+fn with_token(m: &mut MockSmh, method: Method, target: &str, token: &str) -> Answer {
+    let sep = if target.contains('?') { '&' } else { '?' };
+    read(m.answer(&received(
+        method,
+        &format!("{target}{sep}access_token={token}"),
+        "",
+    )))
+}
+
+#[test]
+fn create_token_checks_the_library_secret_and_remembers_what_it_issued() {
+    let mut m = MockSmh::new();
+    m.tokens.set_secret("lib1", "s3cr3t");
+    create_token(&mut m, "library_id=lib1").error(400, "EmptyLibraryIdOrSecret");
+    create_token(&mut m, "library_id=lib1&library_secret=wrong")
+        .error(404, "WrongLibraryIdOrSecret");
+    create_token(&mut m, "library_id=lib2&library_secret=s3cr3t")
+        .error(404, "WrongLibraryIdOrSecret");
+    let ok = create_token(
+        &mut m,
+        "library_id=lib1&library_secret=s3cr3t&space_id=s1&user_id=u1&grant=upload_file%2Cbegin_upload&period=7",
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(
+        ok.body["expiresIn"], 300,
+        "SMH clamps the period to 300 s at least"
+    );
+    let token = ok.body["accessToken"].as_str().unwrap();
+    let issued = m.tokens.issued();
+    assert_eq!(issued.len(), 1);
+    assert_eq!(issued[0].token, token);
+    assert_eq!(issued[0].space.as_deref(), Some("s1"));
+    assert_eq!(issued[0].user.as_deref(), Some("u1"));
+    assert_eq!(issued[0].grants, ["upload_file", "begin_upload"]);
+    let second = create_token(&mut m, "library_id=lib1&library_secret=s3cr3t");
+    assert_ne!(second.body["accessToken"], ok.body["accessToken"]);
+    assert_eq!(second.body["expiresIn"], 86_400);
+    m.tokens.expires_in = Some(5);
+    let short = create_token(&mut m, "library_id=lib1&library_secret=s3cr3t");
+    assert_eq!(short.body["expiresIn"], 5);
+    m.tokens.api_down = true;
+    create_token(&mut m, "library_id=lib1&library_secret=s3cr3t").error(500, "InternalServerError");
+}
+
+#[test]
+fn with_a_secret_set_tokens_need_the_operations_grant() {
+    let mut m = MockSmh::new();
+    m.tokens.set_secret("lib1", "s3cr3t");
+    let mint = |m: &mut MockSmh, q: &str| {
+        create_token(m, &format!("library_id=lib1&library_secret=s3cr3t{q}")).body["accessToken"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let uploader = mint(&mut m, "&grant=upload_file&user_id=u1");
+    let reader = mint(&mut m, "");
+    let renew = format!("{FILE}/ck1?renew");
+    assert_eq!(
+        with_token(&mut m, Method::POST, &renew, &uploader).status,
+        200
+    );
+    with_token(&mut m, Method::POST, &renew, &reader).error(403, "NoPermission");
+    with_token(&mut m, Method::POST, &renew, "made-up").error(403, "InvalidAccessToken");
+    // A read needs no grant; another library's path is refused.
+    let list = format!("{DIR}/?by-marker=1");
+    assert_eq!(with_token(&mut m, Method::GET, &list, &reader).status, 200);
+    with_token(
+        &mut m,
+        Method::GET,
+        "/api/v1/directory/lib2/-/?by-marker=1",
+        &reader,
+    )
+    .error(403, "AccessTokenNotMatchLibrary");
+    // A user's token may not pass user_id.
+    with_token(
+        &mut m,
+        Method::POST,
+        &format!("{renew}&user_id=u2"),
+        &uploader,
+    )
+    .error(403, "NoPermission");
+    // Space-bound tokens stay in their space.
+    let spaced = mint(&mut m, "&space_id=s1&grant=upload_file");
+    let other_space = "/api/v1/file/lib1/s2/ck1?renew";
+    with_token(&mut m, Method::POST, other_space, &spaced).error(403, "AccessTokenNotMatchSpace");
+    // Revoked: by the test hook, or by SMH's delete-token call.
+    assert_eq!(m.tokens.revoke_all(), 3);
+    with_token(&mut m, Method::POST, &renew, &uploader).error(403, "InvalidAccessToken");
+    let again = mint(&mut m, "&grant=upload_file");
+    let deleted = read(m.answer(&received(
+        Method::DELETE,
+        &format!("/api/v1/token/lib1/{again}"),
+        "",
+    )));
+    assert_eq!(deleted.status, 204);
+    with_token(&mut m, Method::POST, &renew, &again).error(403, "InvalidAccessToken");
+    let fresh = mint(&mut m, "&grant=upload_file");
+    m.tokens.refuse_all = true;
+    with_token(&mut m, Method::POST, &renew, &fresh).error(403, "InvalidAccessToken");
+}
+
+#[test]
+fn without_a_secret_any_token_is_taken_as_before() {
+    let mut m = MockSmh::new();
+    let r = with_token(
+        &mut m,
+        Method::POST,
+        &format!("{FILE}/ck1?renew"),
+        "anything",
+    );
+    assert_eq!(r.status, 200);
+}

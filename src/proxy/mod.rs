@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod credentials;
 pub mod headers;
 pub mod json;
 pub mod policy;
@@ -45,6 +46,7 @@ use crate::metrics::{Metrics, RouteMetrics, library_label};
 use crate::request_id::RequestIds;
 use crate::secret::Secret;
 use auth::Verifier;
+use credentials::{Checked, TokenIdentity, TokenManager, TokenRequest};
 use rewrite::{Clamp, CredentialSource};
 use route::{Operation, Route, Router, Selected, Target};
 use routes::{AuthPolicy, BodyPolicy, CacheRole};
@@ -185,6 +187,9 @@ pub struct Gateway {
     access_log: AccessLog,
     metrics: Arc<Metrics>,
     unmatched: RouteMetrics,
+    /// SMH tokens obtained with library secrets (`upstream.credential =
+    /// "library_secret"`); empty in the other modes.
+    tokens: Arc<TokenManager>,
 }
 
 impl Gateway {
@@ -206,9 +211,16 @@ impl Gateway {
             .max_in_flight
             .min(Semaphore::MAX_PERMITS);
         let metrics = Arc::new(Metrics::new(&libraries, COMMON_ROUTES));
+        let upstream = Arc::new(upstream);
+        let tokens = Arc::new(TokenManager::new(
+            upstream.clone(),
+            cache.as_ref().and_then(RenewCache::redis),
+            metrics.clone(),
+        ));
         Gateway {
             settings: ArcSwap::from_pointee(settings),
-            upstream: Arc::new(upstream),
+            upstream,
+            tokens,
             cache,
             in_flight: Semaphore::new(max_in_flight),
             request_ids: RequestIds::new(),
@@ -234,6 +246,7 @@ impl Gateway {
         if let Some(cache) = &self.cache {
             self.metrics.set_cache_entries(cache.entries());
         }
+        self.metrics.set_upstream_tokens(self.tokens.len());
         self.metrics.render()
     }
 
@@ -466,7 +479,26 @@ impl Gateway {
                 Some(principal)
             }
         };
+        // A managed SMH token for what this request may do (credentials.rs).
+        let managed = match (&settings.credential, &principal) {
+            (CredentialSource::LibrarySecret(secrets), Some(principal)) => {
+                let identity = TokenIdentity::for_request(
+                    ctx.library.as_deref().unwrap_or_default(),
+                    op.values.space.as_deref(),
+                    principal,
+                    op.user_id.as_deref(),
+                    op.route.required(op.permanent),
+                );
+                let request = TokenRequest::new(identity, secrets, config.upstream.token_period)?;
+                let token = self.tokens.get(&request).await?;
+                Some((request, token))
+            }
+            _ => None,
+        };
+        let managed_token = managed.as_ref().map(|(_, t)| t.clone());
         let (credential, user_id) = match (&principal, &caller_token) {
+            // The token carries the user: no user_id goes with it.
+            (Some(_), _) if managed_token.is_some() => (managed_token.as_ref(), None),
             (Some(principal), Some(token)) => {
                 let (credential, user_id) =
                     settings
@@ -529,13 +561,15 @@ impl Gateway {
 
         // Phase 5: cache and upstream.
         if let (CacheRole::Renew, Some(cache)) = (op.route.cache, &self.cache) {
+            // Managed: the token's identity, so a refreshed token keeps the entries.
+            let identity = managed.as_ref().map(|(r, _)| r.identity.cache_credential());
             let key = CacheKey::new(
                 op.values.library.as_deref().unwrap_or_default(),
                 op.values.space.as_deref().unwrap_or_default(),
                 op.values.key.as_deref().unwrap_or_default(),
                 user_id,
                 traffic_limit,
-                credential.unwrap_or(&NO_CREDENTIAL),
+                identity.as_ref().or(credential).unwrap_or(&NO_CREDENTIAL),
             )
             .varied_by(&rewrite::params_query(&op));
             let headers = parts.headers;
@@ -546,23 +580,25 @@ impl Gateway {
                     parts.method,
                     || build(headers),
                     route_metrics,
+                    managed,
                     ctx,
                 )
                 .await;
         }
         let (path_and_query, headers) = build(parts.headers);
-        let resp = self
-            .send(
-                UpstreamRequest {
-                    method: parts.method,
-                    path_and_query,
-                    headers,
-                    body,
-                },
-                &route_metrics,
-                ctx,
-            )
-            .await?;
+        let req = UpstreamRequest {
+            method: parts.method,
+            path_and_query,
+            headers,
+            body,
+        };
+        let resp = match managed {
+            None => self.send(req, &route_metrics, ctx).await?,
+            Some((request, token)) => {
+                self.send_managed(req, &request, token, &route_metrics, ctx)
+                    .await?
+            }
+        };
         if op.route.cache == CacheRole::Invalidate
             && let Some(cache) = &self.cache
         {
@@ -580,7 +616,9 @@ impl Gateway {
     }
 
     /// A renew through the cache: the answer is buffered (it is shared by coalesced
-    /// callers and stored), and carries `X-Cache`.
+    /// callers and stored), and carries `X-Cache`. `managed`: the SMH token the
+    /// flight sends, and what to ask for a fresh one should SMH refuse it.
+    #[allow(clippy::too_many_arguments)]
     async fn renew(
         &self,
         cache: &RenewCache,
@@ -588,6 +626,7 @@ impl Gateway {
         method: http::Method,
         build: impl FnOnce() -> (String, HeaderMap) + Send,
         route_metrics: RouteMetrics,
+        managed: Option<(TokenRequest, Secret)>,
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         // Built only on a miss: a hit never pays for the upstream request.
@@ -600,7 +639,46 @@ impl Gateway {
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
-            self.fetch_buffered(method, path_and_query, headers, route_metrics)
+            let (upstream, metrics) = (self.upstream.clone(), self.metrics.clone());
+            let tokens = self.tokens.clone();
+            async move {
+                let Some((request, token)) = managed else {
+                    return fetch_buffered(
+                        upstream,
+                        metrics,
+                        method,
+                        path_and_query,
+                        headers,
+                        route_metrics,
+                    )
+                    .await;
+                };
+                // Managed: SMH refusing the token gets one resend with a fresh one.
+                let answer = fetch_buffered(
+                    upstream.clone(),
+                    metrics.clone(),
+                    method.clone(),
+                    path_and_query.clone(),
+                    headers.clone(),
+                    route_metrics.clone(),
+                )
+                .await?;
+                if !credentials::refuses_token(answer.status, &answer.body) {
+                    return Ok(answer);
+                }
+                let fresh = tokens.replace(&request, &token).await?;
+                let again = rewrite::replace_access_token(&path_and_query, &token, &fresh);
+                let answer =
+                    fetch_buffered(upstream, metrics, method, again, headers, route_metrics)
+                        .await?;
+                if credentials::refuses_token(answer.status, &answer.body) {
+                    tokens.refused(&request, &fresh).await;
+                    return Err(GatewayError::UpstreamUnavailable(
+                        crate::error::UpstreamFailure::Credential,
+                    ));
+                }
+                Ok(answer)
+            }
         };
         let lookup = cache.lookup(key, fetch).await;
         ctx.cache = Some(lookup.source);
@@ -646,51 +724,40 @@ impl Gateway {
         })
     }
 
-    /// An upstream exchange whose answer is read whole, as a future that owns
-    /// everything it needs: the cache runs it in a task of its own, so that it
-    /// finishes for the other waiters even when the client that started it goes away.
-    fn fetch_buffered(
+    /// Sends with a managed SMH token; if SMH refuses it (403 InvalidAccessToken),
+    /// once more with a fresh one. A second refusal is 502, never the 403: the
+    /// caller's SDK would discard its own, valid token. The body is buffered
+    /// (`Bytes`), so it can be sent twice; only a 403's answer is read here.
+    async fn send_managed(
         &self,
-        method: http::Method,
-        path_and_query: String,
-        headers: HeaderMap,
-        route_metrics: RouteMetrics,
-    ) -> impl Future<Output = Result<Answer, GatewayError>> + Send + 'static {
-        let upstream = self.upstream.clone();
-        let metrics = self.metrics.clone();
-        async move {
-            let started = Instant::now();
-            let sent = upstream
-                .send(UpstreamRequest {
-                    method,
-                    path_and_query,
-                    headers,
-                    body: Bytes::new(),
-                })
-                .await;
-            let (resp, deadline) = sent.inspect_err(|_| {
-                metrics.upstream(&route_metrics, started.elapsed());
-            })?;
-            check_response(&resp)?;
-            let (mut parts, body) = resp.into_parts();
-            let body = upstream::read_body(body, deadline).await;
-            metrics.upstream(&route_metrics, started.elapsed());
-            headers::strip_hop_by_hop(&mut parts.headers);
-            let (body, rest) = match body? {
-                upstream::ReadBody::Whole(body) => {
-                    // The body is sent with the length of what was read, never the
-                    // upstream's framing.
-                    parts.headers.remove(header::CONTENT_LENGTH);
-                    (body, None)
-                }
-                upstream::ReadBody::TooLarge(prefix, rest) => (prefix, Some(Rest::new(rest))),
-            };
-            Ok(Answer {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-                rest,
-            })
+        req: UpstreamRequest,
+        request: &TokenRequest,
+        token: Secret,
+        route_metrics: &RouteMetrics,
+        ctx: &mut Context,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let mut again = UpstreamRequest {
+            method: req.method.clone(),
+            path_and_query: String::new(),
+            headers: req.headers.clone(),
+            body: req.body.clone(),
+        };
+        let first = req.path_and_query.clone();
+        let resp = self.send(req, route_metrics, ctx).await?;
+        if let Checked::Pass(resp) = credentials::check_refusal(resp).await? {
+            return Ok(resp);
+        }
+        let fresh = self.tokens.replace(request, &token).await?;
+        again.path_and_query = rewrite::replace_access_token(&first, &token, &fresh);
+        let resp = self.send(again, route_metrics, ctx).await?;
+        match credentials::check_refusal(resp).await? {
+            Checked::Pass(resp) => Ok(resp),
+            Checked::Refused => {
+                self.tokens.refused(request, &fresh).await;
+                Err(GatewayError::UpstreamUnavailable(
+                    crate::error::UpstreamFailure::Credential,
+                ))
+            }
         }
     }
 
@@ -759,6 +826,51 @@ impl Gateway {
         )
         .await
     }
+}
+
+/// An upstream exchange whose answer is read whole; its future owns everything it
+/// needs (it is `Send + 'static`): the cache runs it in a task of its own, so that it
+/// finishes for the other waiters even when the client that started it goes away.
+async fn fetch_buffered(
+    upstream: Arc<Upstream>,
+    metrics: Arc<Metrics>,
+    method: http::Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    route_metrics: RouteMetrics,
+) -> Result<Answer, GatewayError> {
+    let started = Instant::now();
+    let sent = upstream
+        .send(UpstreamRequest {
+            method,
+            path_and_query,
+            headers,
+            body: Bytes::new(),
+        })
+        .await;
+    let (resp, deadline) = sent.inspect_err(|_| {
+        metrics.upstream(&route_metrics, started.elapsed());
+    })?;
+    check_response(&resp)?;
+    let (mut parts, body) = resp.into_parts();
+    let body = upstream::read_body(body, deadline).await;
+    metrics.upstream(&route_metrics, started.elapsed());
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let (body, rest) = match body? {
+        upstream::ReadBody::Whole(body) => {
+            // The body is sent with the length of what was read, never the
+            // upstream's framing.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            (body, None)
+        }
+        upstream::ReadBody::TooLarge(prefix, rest) => (prefix, Some(Rest::new(rest))),
+    };
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        rest,
+    })
 }
 
 /// The cache key's credential for a row sent without one (none is today).

@@ -206,6 +206,7 @@ mod tests {
     fn lib(id: &str, multi_tenant: bool) -> LibraryConfig {
         LibraryConfig {
             id: id.into(),
+            secret: None,
             multi_tenant,
             traffic_limit: TrafficLimitBounds {
                 min: 1,

@@ -3,11 +3,14 @@
 //! credential and user (SPEC §5), and rebuild path and query canonically from the
 //! checked values, so that nothing the gateway did not check reaches SMH.
 
+use std::sync::Arc;
+
 use percent_encoding::{AsciiSet, utf8_percent_encode};
 
 use crate::config::{Config, ConfigError, CredentialMode, TrafficLimitBounds};
 use crate::error::{AuthFailure, GatewayError};
 use crate::proxy::auth::Principal;
+use crate::proxy::credentials::LibrarySecrets;
 use crate::proxy::route::{Operation, PathValues};
 use crate::secret::Secret;
 use crate::template::{Seg, Template};
@@ -41,6 +44,8 @@ pub enum CredentialSource {
     Passthrough,
     Claim,
     Static(Secret),
+    /// SMH tokens the gateway obtains with each library's secret (`credentials.rs`).
+    LibrarySecret(Arc<LibrarySecrets>),
 }
 
 impl CredentialSource {
@@ -65,6 +70,9 @@ impl CredentialSource {
                 }
                 CredentialSource::Static(Secret::new(value))
             }
+            CredentialMode::LibrarySecret => {
+                CredentialSource::LibrarySecret(Arc::new(LibrarySecrets::load(config)?))
+            }
         })
     }
 
@@ -82,8 +90,23 @@ impl CredentialSource {
                 GatewayError::InvalidAccessToken(AuthFailure::MissingCredentialClaim),
             ),
             CredentialSource::Static(token) => Ok((token, principal.user.as_deref().or(user_id))),
+            // The managed token is obtained asynchronously (`credentials.rs`); never
+            // fall back to sending the caller's.
+            CredentialSource::LibrarySecret(_) => Err(GatewayError::UpstreamUnavailable(
+                crate::error::UpstreamFailure::Credential,
+            )),
         }
     }
+}
+
+/// The same upstream target with `old`'s access_token swapped for `new`'s (a
+/// resend after SMH refused a managed token).
+pub fn replace_access_token(path_and_query: &str, old: &Secret, new: &Secret) -> String {
+    let mut from = String::from("access_token=");
+    push_encoded(&mut from, old.expose());
+    let mut to = String::from("access_token=");
+    push_encoded(&mut to, new.expose());
+    path_and_query.replacen(&from, &to, 1)
 }
 
 /// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`) is
@@ -205,7 +228,7 @@ fn push_pair(q: &mut String, key: &str, value: &str) {
 /// Appends `value` percent-encoded (everything but RFC 3986's unreserved
 /// characters). Tokens and ids are usually unreserved already: one table scan,
 /// then a plain copy.
-fn push_encoded(out: &mut String, value: &str) {
+pub(crate) fn push_encoded(out: &mut String, value: &str) {
     if value.bytes().all(|b| UNRESERVED[usize::from(b)]) {
         out.push_str(value);
     } else {
@@ -291,6 +314,20 @@ mod tests {
             credential: credential.map(Secret::new),
             ..Principal::default()
         }
+    }
+
+    #[test]
+    fn a_refused_token_is_swapped_in_place() {
+        let (old, new) = (Secret::new("old tok"), Secret::new("new"));
+        assert_eq!(
+            replace_access_token("/p?renew&access_token=old%20tok&x=old", &old, &new),
+            "/p?renew&access_token=new&x=old"
+        );
+        let library = CredentialSource::LibrarySecret(Arc::default());
+        let e = library
+            .choose(&old, &Principal::default(), None)
+            .unwrap_err();
+        assert_eq!(e.code(), "UpstreamUnavailable", "never the caller's token");
     }
 
     #[test]

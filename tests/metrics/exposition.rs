@@ -118,6 +118,9 @@ pub const FAMILIES: &[(&str, &[&str])] = &[
     ("smh_gateway_open_connections", &[]),
     ("smh_gateway_access_log_dropped_total", &[]),
     ("smh_gateway_connection_errors_total", &["kind"]),
+    ("smh_gateway_upstream_token_fetches_total", &["result"]),
+    ("smh_gateway_upstream_token_refused_total", &[]),
+    ("smh_gateway_upstream_tokens", &[]),
 ];
 
 /// The family a sample belongs to, and whether it is a histogram bucket.
