@@ -44,7 +44,7 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics, library_label};
 use crate::request_id::RequestIds;
 use crate::secret::Secret;
-use auth::Verifier;
+use auth::{KeyStore, Verifier};
 use rewrite::{Clamp, CredentialSource};
 use route::{Operation, Route, Router, Selected, Target};
 use routes::{AuthPolicy, BodyPolicy, CacheRole};
@@ -177,6 +177,8 @@ struct Finished {
 /// The shared state of the running gateway.
 pub struct Gateway {
     settings: ArcSwap<Settings>,
+    /// The keys tokens are verified with; outlives reloads (JWKS sets stay fetched).
+    keys: Arc<KeyStore>,
     upstream: Arc<Upstream>,
     /// `None` while `cache.enabled = false`.
     cache: Option<RenewCache>,
@@ -207,6 +209,7 @@ impl Gateway {
             .min(Semaphore::MAX_PERMITS);
         let metrics = Arc::new(Metrics::new(&libraries, COMMON_ROUTES));
         Gateway {
+            keys: Arc::new(KeyStore::new(settings.verifier.key_sources())),
             settings: ArcSwap::from_pointee(settings),
             upstream: Arc::new(upstream),
             cache,
@@ -234,6 +237,7 @@ impl Gateway {
         if let Some(cache) = &self.cache {
             self.metrics.set_cache_entries(cache.entries());
         }
+        self.metrics.set_jwks(self.keys.stats());
         self.metrics.render()
     }
 
@@ -242,9 +246,17 @@ impl Gateway {
         self.settings.load_full()
     }
 
-    /// Swaps in new settings; requests already running keep the old ones.
+    /// Swaps in new settings; requests already running keep the old ones. The key
+    /// store takes the new file keys and JWKS URLs first (unchanged URLs keep
+    /// their fetched sets).
     pub fn replace_settings(&self, settings: Settings) {
+        self.keys.reconfigure(settings.verifier.key_sources());
         self.settings.store(Arc::new(settings));
+    }
+
+    /// The key store (its readiness for `/readyz`, its refresher).
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
     }
 
     /// Writes out buffered access-log lines (at exit).
@@ -436,7 +448,8 @@ impl Gateway {
                     .ok_or(GatewayError::EmptyAccessToken)?;
                 let principal = settings
                     .verifier
-                    .verify_cached(token)
+                    .authenticate(&self.keys, token)
+                    .await
                     .map_err(GatewayError::InvalidAccessToken)?;
                 let library = match &op.values.library {
                     Some(l) => l.clone(),
