@@ -118,6 +118,9 @@ pub const FAMILIES: &[(&str, &[&str])] = &[
     ("smh_gateway_open_connections", &[]),
     ("smh_gateway_access_log_dropped_total", &[]),
     ("smh_gateway_connection_errors_total", &["kind"]),
+    ("smh_gateway_jwks_refresh_total", &["result"]),
+    ("smh_gateway_jwks_keys", &[]),
+    ("smh_gateway_jwks_age_seconds", &[]),
 ];
 
 /// The family a sample belongs to, and whether it is a histogram bucket.
