@@ -1,8 +1,10 @@
 //! The admin listener (SPEC §8): `/metrics` (Prometheus text format 0.0.4),
 //! `/healthz` (200 while the process runs) and
-//! `/readyz` (200 once config is loaded and listeners are bound, 503 from the moment
-//! draining starts). It is a separate port so that it can stay on loopback or a
-//! management network while the main port faces clients.
+//! `/readyz` (200 once config is loaded, listeners are bound and every
+//! `auth.jwks_urls` set has been fetched once; 503 while one is past
+//! `auth.jwks_max_stale`, and from the moment draining starts). It is a separate
+//! port so that it can stay on loopback or a management network while the main
+//! port faces clients.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::proxy::Gateway;
+use crate::proxy::auth::Readiness;
 
 pub async fn serve(listener: TcpListener, draining: Arc<AtomicBool>, gateway: Arc<Gateway>) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -57,7 +60,17 @@ fn route(req: &Request<Incoming>, draining: bool, gateway: &Gateway) -> Response
             resp
         }
         "/readyz" if draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        "/readyz" => text(StatusCode::OK, "ready\n"),
+        "/readyz" => match gateway.keys().readiness() {
+            Readiness::Ready => text(StatusCode::OK, "ready\n"),
+            Readiness::Fetching => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for auth.jwks_urls to answer\n",
+            ),
+            Readiness::Stale => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "a JWKS set is past auth.jwks_max_stale\n",
+            ),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

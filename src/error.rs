@@ -22,10 +22,12 @@ pub enum AuthFailure {
     TooLarge,
     /// `upstream.credential = "claim"` and the token lacks that claim.
     MissingCredentialClaim,
+    /// The token's key is in a JWKS URL set past `auth.jwks_max_stale` (SPEC §14).
+    KeysStale,
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 10] = [
+    pub const ALL: [AuthFailure; 11] = [
         AuthFailure::Malformed,
         AuthFailure::BadSignature,
         AuthFailure::AlgMismatch,
@@ -36,6 +38,7 @@ impl AuthFailure {
         AuthFailure::Audience,
         AuthFailure::TooLarge,
         AuthFailure::MissingCredentialClaim,
+        AuthFailure::KeysStale,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +53,7 @@ impl AuthFailure {
             AuthFailure::Audience => "audience",
             AuthFailure::TooLarge => "too_large",
             AuthFailure::MissingCredentialClaim => "missing_credential_claim",
+            AuthFailure::KeysStale => "stale_keys",
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - [`admin`]: `/healthz`, `/readyz`
 //! - [`config`]: the TOML file, validated
 //!
+//! Shared by the upstream client and the JWKS fetches: [`tls_client`].
+//!
 //! Tools around it: [`token`] (minting), [`mock_upstream`], [`demo`].
 
 pub mod access_log;
@@ -29,4 +31,5 @@ pub mod secret;
 pub mod server;
 pub mod smh;
 pub mod template;
+pub mod tls_client;
 pub mod token;

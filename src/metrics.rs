@@ -102,6 +102,15 @@ pub struct Metrics {
     clamped_up: IntCounter,
     clamped_down: IntCounter,
     by_library: std::collections::HashMap<String, (IntCounter, Histogram)>,
+    jwks: JwksMetrics,
+}
+
+/// SPEC §14: the JWKS URL sets, brought up to date from the key store at scrape.
+struct JwksMetrics {
+    success: IntCounter,
+    failure: IntCounter,
+    keys: IntGauge,
+    age: IntGauge,
 }
 
 /// One route's children, resolved once per route (the route table keeps them): the
@@ -350,9 +359,30 @@ impl Metrics {
             .collect();
         let cache_by_result =
             CacheResult::ALL.map(|r| cache_requests.with_label_values(&[r.as_str()]));
+        let jwks_refresh = counter(
+            &registry,
+            "smh_gateway_jwks_refresh_total",
+            "Fetches of auth.jwks_urls key sets (scheduled and for unknown kids), by result.",
+            &["result"],
+        );
+        let jwks = JwksMetrics {
+            success: jwks_refresh.with_label_values(&["success"]),
+            failure: jwks_refresh.with_label_values(&["failure"]),
+            keys: gauge(
+                &registry,
+                "smh_gateway_jwks_keys",
+                "Verification keys loaded from auth.jwks_urls.",
+            ),
+            age: gauge(
+                &registry,
+                "smh_gateway_jwks_age_seconds",
+                "Seconds since the oldest auth.jwks_urls key set last fetched successfully (0 without JWKS URLs).",
+            ),
+        };
         let clamped_up = clamped.with_label_values(&["up"]);
         let clamped_down = clamped.with_label_values(&["down"]);
         let metrics = Metrics {
+            jwks,
             cache_by_result,
             clamped_up,
             clamped_down,
@@ -514,6 +544,25 @@ impl Metrics {
         }
     }
 
+    /// The key store's JWKS numbers (its counters only grow).
+    pub fn set_jwks(&self, stats: crate::proxy::auth::JwksStats) {
+        for (counter, total) in [
+            (&self.jwks.success, stats.refresh_success),
+            (&self.jwks.failure, stats.refresh_failure),
+        ] {
+            let now = counter.get();
+            if total > now {
+                counter.inc_by(total - now);
+            }
+        }
+        self.jwks
+            .keys
+            .set(i64::try_from(stats.keys).unwrap_or(i64::MAX));
+        self.jwks
+            .age
+            .set(i64::try_from(stats.age_secs).unwrap_or(i64::MAX));
+    }
+
     /// The text exposition format 0.0.4.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
@@ -568,6 +617,10 @@ mod tests {
             "smh_gateway_renewals_total{library=\"lib1\"} 0",
             "smh_gateway_renewals_total{library=\"other\"} 0",
             "smh_gateway_config_reloads_total{result=\"failure\"} 0",
+            "smh_gateway_jwks_refresh_total{result=\"success\"} 0",
+            "smh_gateway_jwks_refresh_total{result=\"failure\"} 0",
+            "smh_gateway_jwks_keys 0",
+            "smh_gateway_jwks_age_seconds 0",
             "smh_gateway_build_info{version=\"",
         ] {
             assert!(t.contains(name), "missing {name}\n{t}");
@@ -598,6 +651,28 @@ mod tests {
             t.contains("smh_gateway_upstream_errors_total{kind=\"timeout\"} 1"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn jwks_numbers_follow_the_key_store() {
+        let m = Metrics::new(&[], &[]);
+        let stats = |success, failure, keys, age_secs| crate::proxy::auth::JwksStats {
+            refresh_success: success,
+            refresh_failure: failure,
+            keys,
+            age_secs,
+        };
+        m.set_jwks(stats(3, 1, 4, 20));
+        m.set_jwks(stats(5, 1, 2, 7));
+        let t = text(&m);
+        for line in [
+            "smh_gateway_jwks_refresh_total{result=\"success\"} 5",
+            "smh_gateway_jwks_refresh_total{result=\"failure\"} 1",
+            "smh_gateway_jwks_keys 2",
+            "smh_gateway_jwks_age_seconds 7",
+        ] {
+            assert!(t.contains(line), "missing {line}\n{t}");
+        }
     }
 
     #[test]

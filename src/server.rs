@@ -153,6 +153,9 @@ impl Server {
             draining.clone(),
             gateway.clone(),
         ));
+        let background = tokio_util::sync::CancellationToken::new();
+        let jwks_task =
+            crate::proxy::auth::spawn_refresh(gateway.keys().clone(), background.clone());
         let (drain_tx, drain_rx) = watch::channel(false);
         let max_connections = server
             .max_connections
@@ -235,6 +238,8 @@ impl Server {
             }
         }
         admin_task.abort();
+        background.cancel();
+        let _ = jwks_task.await;
         gateway.flush_logs();
     }
 }

@@ -127,6 +127,26 @@ pub struct AuthConfig {
     pub jwks_file: Option<PathBuf>,
     pub keys: Vec<KeyConfig>,
     pub claims: ClaimNames,
+    /// `[[auth.jwks_urls]]`: key sets fetched from identity providers (SPEC §14).
+    pub jwks_urls: Vec<JwksUrlConfig>,
+    /// Unknown kids refetch a key set at most once per this.
+    pub jwks_refetch_cooldown: Duration,
+    /// A key set whose refreshes fail serves this long after its last success.
+    pub jwks_max_stale: Duration,
+}
+
+/// One `[[auth.jwks_urls]]` entry. Two entries are the same key set when they are
+/// equal, which is what lets a reload keep a fetched set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUrlConfig {
+    /// https, or http to a loopback host.
+    pub url: Uri,
+    /// Its keys serve only tokens whose `iss` is this.
+    pub issuer: Option<String>,
+    /// How often it is fetched when the answer carries no `Cache-Control: max-age`.
+    pub refresh: Duration,
+    /// CA certificates (PEM) for its TLS, instead of the webpki roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -603,10 +623,11 @@ impl Validator<'_> {
             .as_deref()
             .map(|p| self.path("auth.jwks_file", p))
             .transpose()?;
-        if keys.is_empty() && jwks_file.is_none() {
+        let jwks_urls = self.jwks_urls(&a.jwks_urls)?;
+        if keys.is_empty() && jwks_file.is_none() && jwks_urls.is_empty() {
             return Err(self.err(
                 "auth.keys",
-                "at least one key is required (in auth.keys or auth.jwks_file)",
+                "at least one key is required (in auth.keys, auth.jwks_file or auth.jwks_urls)",
             ));
         }
         let list =
@@ -643,6 +664,10 @@ impl Validator<'_> {
             audiences: list("auth.audiences", &a.audiences)?,
             jwks_file,
             keys,
+            jwks_urls,
+            jwks_refetch_cooldown: self
+                .positive_duration("auth.jwks_refetch_cooldown", &a.jwks_refetch_cooldown)?,
+            jwks_max_stale: self.positive_duration("auth.jwks_max_stale", &a.jwks_max_stale)?,
             claims: ClaimNames {
                 permissions: claim("permissions", &a.claims.permissions)?,
                 library: claim("library", &a.claims.library)?,
@@ -650,6 +675,54 @@ impl Validator<'_> {
                 user: claim("user", &a.claims.user)?,
             },
         })
+    }
+
+    /// `[[auth.jwks_urls]]`: checked here, fetched only by `serve` (SPEC §14).
+    fn jwks_urls(&self, urls: &[raw::RawJwksUrl]) -> Result<Vec<JwksUrlConfig>, ConfigError> {
+        let mut out: Vec<JwksUrlConfig> = Vec::with_capacity(urls.len());
+        for (i, u) in urls.iter().enumerate() {
+            let at = |field: &str| format!("auth.jwks_urls[{i}].{field}");
+            let uri: Uri = u
+                .url
+                .parse()
+                .map_err(|_| self.err(&at("url"), format!("invalid URL {:?}", u.url)))?;
+            let host = uri.host().unwrap_or_default();
+            if host.is_empty() || uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(self.err(&at("url"), "needs a host and no user info"));
+            }
+            match uri.scheme_str() {
+                Some("https") => {}
+                Some("http") if is_loopback_host(host) => {}
+                Some("http") => {
+                    return Err(self.err(
+                        &at("url"),
+                        "http is allowed only to a loopback host (127.0.0.1, ::1, localhost); use https",
+                    ));
+                }
+                _ => return Err(self.err(&at("url"), "must start with https://")),
+            }
+            if u.issuer.as_deref() == Some("") {
+                return Err(self.err(&at("issuer"), "must not be empty (leave it out instead)"));
+            }
+            let entry = JwksUrlConfig {
+                url: uri,
+                issuer: u.issuer.clone(),
+                refresh: self.positive_duration(&at("refresh"), &u.refresh)?,
+                ca_file: u
+                    .ca_file
+                    .as_deref()
+                    .map(|p| self.path(&at("ca_file"), p))
+                    .transpose()?,
+            };
+            if out
+                .iter()
+                .any(|o| o.url == entry.url && o.issuer == entry.issuer)
+            {
+                return Err(self.err(&at("url"), "listed twice for the same issuer"));
+            }
+            out.push(entry);
+        }
+        Ok(out)
     }
 
     fn global_traffic_limit(&self, t: &RawTrafficLimit) -> Result<TrafficLimitBounds, ConfigError> {
@@ -888,6 +961,16 @@ impl Validator<'_> {
             max_ttl: self.positive_duration("cache.max_ttl", &c.max_ttl)?,
         })
     }
+}
+
+/// `localhost` or a loopback IP: the only hosts a JWKS may be fetched from over
+/// plain http (a key set fetched in clear from elsewhere could be swapped in transit).
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

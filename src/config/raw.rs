@@ -106,6 +106,9 @@ pub struct RawAuth {
     pub jwks_file: Option<String>,
     pub keys: Vec<RawKey>,
     pub claims: RawClaims,
+    pub jwks_urls: Vec<RawJwksUrl>,
+    pub jwks_refetch_cooldown: String,
+    pub jwks_max_stale: String,
 }
 
 impl Default for RawAuth {
@@ -118,6 +121,9 @@ impl Default for RawAuth {
             jwks_file: None,
             keys: Vec::new(),
             claims: RawClaims::default(),
+            jwks_urls: Vec::new(),
+            jwks_refetch_cooldown: "30s".into(),
+            jwks_max_stale: "24h".into(),
         }
     }
 }
@@ -131,6 +137,21 @@ pub struct RawKey {
     pub secret_env: Option<String>,
     pub secret_file: Option<String>,
     pub public_key_file: Option<String>,
+}
+
+/// `[[auth.jwks_urls]]` (SPEC §14).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwksUrl {
+    pub url: String,
+    pub issuer: Option<String>,
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh: String,
+    pub ca_file: Option<String>,
+}
+
+fn default_jwks_refresh() -> String {
+    "5m".into()
 }
 
 #[derive(Debug, Deserialize)]

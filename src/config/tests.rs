@@ -892,3 +892,122 @@ fn route_rules_are_validated_with_their_key() {
     assert_eq!(config.routes.rules.len(), 2);
     assert_eq!(config.routes.rules[1].traffic_limit, Some(true));
 }
+
+// ---- auth.jwks_urls (SPEC §14) ----
+
+const JWKS_ONLY: &str = "upstream.url = \"https://smh.example\"\n";
+
+fn jwks_url(body: &str) -> String {
+    format!("{JWKS_ONLY}[[auth.jwks_urls]]\n{body}\n")
+}
+
+#[test]
+fn jwks_url_alone_satisfies_the_key_requirement_with_spec_defaults() {
+    let c = parse_ok(&jwks_url(
+        "url = \"https://idp.example/realms/r/protocol/openid-connect/certs\"",
+    ));
+    let a = &c.auth;
+    assert!(a.keys.is_empty() && a.jwks_file.is_none());
+    assert_eq!(a.jwks_refetch_cooldown, Duration::from_secs(30));
+    assert_eq!(a.jwks_max_stale, Duration::from_secs(24 * 3600));
+    let u = &a.jwks_urls[0];
+    assert_eq!(u.refresh, Duration::from_secs(300));
+    assert_eq!(u.issuer, None);
+    assert_eq!(u.ca_file, None);
+    assert_eq!(u.url.host(), Some("idp.example"));
+}
+
+#[test]
+fn jwks_url_over_http_is_allowed_only_to_loopback() {
+    for host in ["127.0.0.1:8081", "localhost", "[::1]:9000", "127.9.9.9"] {
+        parse_ok(&jwks_url(&format!("url = \"http://{host}/jwks\"")));
+    }
+    check_errors(&[
+        (
+            jwks_url("url = \"http://idp.example/jwks\""),
+            Some("auth.jwks_urls[0].url"),
+            "loopback",
+        ),
+        (
+            jwks_url("url = \"http://10.0.0.1/jwks\""),
+            Some("auth.jwks_urls[0].url"),
+            "loopback",
+        ),
+        (
+            jwks_url("url = \"ftp://idp.example/jwks\""),
+            Some("auth.jwks_urls[0].url"),
+            "https",
+        ),
+        (
+            jwks_url("url = \"https://u:p@idp.example/jwks\""),
+            Some("auth.jwks_urls[0].url"),
+            "user info",
+        ),
+        (
+            jwks_url("url = \"/jwks\""),
+            Some("auth.jwks_urls[0].url"),
+            "host",
+        ),
+        (
+            jwks_url("url = \"https://idp.example/j\"\nissuer = \"\""),
+            Some("auth.jwks_urls[0].issuer"),
+            "empty",
+        ),
+        (
+            jwks_url("url = \"https://idp.example/j\"\nrefresh = \"0s\""),
+            Some("auth.jwks_urls[0].refresh"),
+            "greater than zero",
+        ),
+        (
+            jwks_url("url = \"https://idp.example/j\"\nrefresh = \"soon\""),
+            Some("auth.jwks_urls[0].refresh"),
+            "invalid duration",
+        ),
+        (
+            jwks_url("url = \"https://idp.example/j\"\nca_file = \"\""),
+            Some("auth.jwks_urls[0].ca_file"),
+            "empty",
+        ),
+        (
+            jwks_url("url = \"https://idp.example/j\"\nsurprise = 1"),
+            Some("auth.jwks_urls[0].surprise"),
+            "unknown field",
+        ),
+        (
+            jwks_url("issuer = \"x\""),
+            Some("auth.jwks_urls[0].url"),
+            "missing field",
+        ),
+        (
+            format!(
+                "{}[[auth.jwks_urls]]\nurl = \"https://idp.example/j\"\n",
+                jwks_url("url = \"https://idp.example/j\"")
+            ),
+            Some("auth.jwks_urls[1].url"),
+            "twice",
+        ),
+        (
+            format!("{}auth.jwks_refetch_cooldown = \"0s\"\n", with("")),
+            Some("auth.jwks_refetch_cooldown"),
+            "greater than zero",
+        ),
+        (
+            format!("{}auth.jwks_max_stale = \"forever\"\n", with("")),
+            Some("auth.jwks_max_stale"),
+            "invalid duration",
+        ),
+    ]);
+}
+
+#[test]
+fn jwks_url_fields_are_read() {
+    let c = parse_ok(&format!(
+        "{JWKS_ONLY}auth.jwks_refetch_cooldown = \"1m\"\nauth.jwks_max_stale = \"2h\"\n[[auth.jwks_urls]]\nurl = \"https://a.example/jwks\"\nissuer = \"https://a.example/\"\nrefresh = \"10m\"\nca_file = \"/etc/ca.pem\"\n"
+    ));
+    let u = &c.auth.jwks_urls[0];
+    assert_eq!(u.issuer.as_deref(), Some("https://a.example/"));
+    assert_eq!(u.refresh, Duration::from_secs(600));
+    assert_eq!(u.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+    assert_eq!(c.auth.jwks_refetch_cooldown, Duration::from_secs(60));
+    assert_eq!(c.auth.jwks_max_stale, Duration::from_secs(7200));
+}

@@ -6,23 +6,40 @@
 //! key found by (`iss`, `kid`) → header `alg` equals the key's pinned `alg` (so a
 //! token cannot pick HS256 against an RSA public key) → signature → `exp` (required),
 //! `nbf`, `iss`, `aud` with `auth.leeway`. Header fields `jku`, `x5u`, `jwk`, `x5c`
-//! are never read: keys come from the config only.
+//! are never read: keys come from the config and its JWKS URLs only.
+//!
+//! The checks here are pure: they take the [`KeySet`] in force as an argument.
+//! Where keys come from is the submodules' concern:
+//! - `keys`: the [`KeySet`] value and the [`KeyStore`] that swaps it atomically;
+//! - `files`: `auth.keys` and `auth.jwks_file`, read at start and on reload;
+//! - `jwks`: the JWKS parser (files and URLs), `Cache-Control`;
+//! - `source`: one `auth.jwks_urls` set (fetch, cooldown, stale) and the refresher;
+//! - `cache`: recently verified tokens, tied to the key set's generation.
+//!
+//! [`Verifier::authenticate`] is what the pipeline calls: a token whose `kid` no key
+//! has asks the store for one refetch of its issuer's JWKS URLs (cooldown-bound),
+//! then is verified once more.
 
 mod cache;
+mod files;
+pub mod jwks;
+pub mod keys;
+pub mod source;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::{ClaimNames, Config, ConfigError, CredentialMode, KeySource, parse_alg};
+use crate::config::{ClaimNames, Config, ConfigError, CredentialMode, SUPPORTED_ALGS, parse_alg};
 use crate::error::AuthFailure;
 use crate::secret::Secret;
 use cache::VerifiedCache;
+pub use files::{hmac_secret, read_secret_file};
+pub use keys::{JwksStats, KeySet, KeySources, KeyStore, Readiness};
+pub use source::spawn_refresh;
 
 /// Minimum HMAC secret length (SPEC §2): shorter secrets are brute-forceable.
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
@@ -46,21 +63,15 @@ impl Principal {
     }
 }
 
-/// A verification key with its pinned algorithm and prepared validation rules.
-struct VerifyKey {
-    kid: Option<String>,
-    issuer: Option<String>,
-    alg: Algorithm,
-    key: DecodingKey,
-    validation: Validation,
-}
-
-/// Verifies tokens against the configured keys. Built once per config (and again on
-/// reload); cheap to share.
+/// Verifies tokens: the config's rules (claims, leeway, issuers, audiences, size),
+/// its file keys and JWKS URLs to hand to the [`KeyStore`], and the cache of
+/// verified tokens. Built once per config (and again on reload); cheap to share.
 pub struct Verifier {
-    keys: Vec<VerifyKey>,
-    /// When no key names an issuer, the payload need not be peeked before verifying.
-    lookup_by_issuer: bool,
+    /// The validation rules of each algorithm SPEC §2 lists.
+    validations: Vec<(Algorithm, Validation)>,
+    sources: KeySources,
+    /// The file keys alone, for [`Verifier::verify`].
+    file_set: KeySet,
     claims: ClaimNames,
     max_token_bytes: usize,
     credential_claim: Option<String>,
@@ -71,9 +82,16 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("keys", &self.keys.len())
+            .field("file_keys", &self.file_set.len())
             .finish_non_exhaustive()
     }
+}
+
+/// A token that verified, and what its cache entry needs.
+struct Verified {
+    principal: Principal,
+    exp: u64,
+    key: Arc<keys::VerifyKey>,
 }
 
 #[derive(Deserialize)]
@@ -82,42 +100,19 @@ struct IssuerPeek {
 }
 
 impl Verifier {
-    /// Loads every key (env vars, files, JWKS) named by the config.
+    /// Reads every key file the config names and prepares its JWKS URLs (nothing
+    /// is fetched here).
     pub fn from_config(config: &Config) -> Result<Verifier, ConfigError> {
         let auth = &config.auth;
-        let file = config.source.as_path();
-        let mut keys = Vec::new();
-        for (i, k) in auth.keys.iter().enumerate() {
-            let key = load_key(file, i, &k.source, k.alg)?;
-            keys.push(VerifyKey {
-                kid: Some(k.kid.clone()),
-                issuer: k.issuer.clone(),
-                alg: k.alg,
-                key,
-                validation: validation(config, k.alg),
-            });
-        }
-        if let Some(path) = &auth.jwks_file {
-            for (kid, alg, key) in load_jwks(file, path)? {
-                keys.push(VerifyKey {
-                    kid,
-                    issuer: None,
-                    alg,
-                    key,
-                    validation: validation(config, alg),
-                });
-            }
-        }
-        if keys.is_empty() {
-            return Err(ConfigError::new(
-                file,
-                Some("auth.jwks_file".into()),
-                "holds no usable key, and auth.keys is empty",
-            ));
-        }
+        let sources = KeySources::from_config(config)?;
         Ok(Verifier {
-            lookup_by_issuer: keys.iter().any(|k| k.issuer.is_some()),
-            keys,
+            validations: SUPPORTED_ALGS
+                .iter()
+                .filter_map(|name| parse_alg(name))
+                .map(|alg| (alg, validation(config, alg)))
+                .collect(),
+            file_set: sources.file_set(),
+            sources,
             claims: auth.claims.clone(),
             max_token_bytes: auth.max_token_bytes,
             leeway_secs: leeway_secs(auth.leeway),
@@ -129,28 +124,75 @@ impl Verifier {
         })
     }
 
-    /// Verifies a token, answering from the cache of recently verified tokens when
-    /// it can (only the expiry is re-checked then: everything else about a token is
-    /// fixed by its bytes and this config). This is what the pipeline calls.
-    pub fn verify_cached(&self, token: &Secret) -> Result<Arc<Principal>, AuthFailure> {
+    /// The file keys and JWKS URLs of this config, for the [`KeyStore`].
+    pub fn key_sources(&self) -> &KeySources {
+        &self.sources
+    }
+
+    /// What the pipeline calls: verifies against the store's current keys (from the
+    /// cache when it can); an unknown `kid` refetches its issuer's JWKS URLs once,
+    /// as the cooldown allows, and the token is tried again if the keys changed.
+    pub async fn authenticate(
+        &self,
+        store: &KeyStore,
+        token: &Secret,
+    ) -> Result<Arc<Principal>, AuthFailure> {
+        let keys = store.current();
+        match self.verify_cached(&keys, token) {
+            Err(AuthFailure::UnknownKey) if store.has_sources() => {
+                store.refetch(token_issuer(token.expose()).as_deref()).await;
+                let now = store.current();
+                if now.generation() == keys.generation() {
+                    return Err(AuthFailure::UnknownKey);
+                }
+                self.verify_cached(&now, token)
+            }
+            other => other,
+        }
+    }
+
+    /// Verifies a token against `keys`, answering from the cache of recently
+    /// verified tokens when it can: only the expiry, the key set's generation and
+    /// the freshness of the token's JWKS set are re-checked then (everything else
+    /// about a token is fixed by its bytes, this config and those keys).
+    pub fn verify_cached(
+        &self,
+        keys: &KeySet,
+        token: &Secret,
+    ) -> Result<Arc<Principal>, AuthFailure> {
         let now = jsonwebtoken::get_current_timestamp();
-        if let Some(hit) = self.cache.get(token.expose(), now, self.leeway_secs) {
+        if let Some(hit) = self.cache.get(token.expose(), now, self.leeway_secs, keys) {
             return hit;
         }
-        let (principal, exp) = self.verify_full(token)?;
-        let principal = Arc::new(principal);
-        self.cache
-            .insert(token.expose(), principal.clone(), exp, now);
+        let verified = self.verify_full(keys, token)?;
+        let principal = Arc::new(verified.principal);
+        self.cache.insert(
+            token.expose(),
+            principal.clone(),
+            verified.exp,
+            now,
+            keys.generation(),
+            verified.key.fetched.clone(),
+        );
         Ok(principal)
     }
 
-    /// Verifies a token from scratch.
+    /// Verifies a token from scratch against the file keys alone (tests, tools).
     pub fn verify(&self, token: &Secret) -> Result<Principal, AuthFailure> {
-        self.verify_full(token).map(|(principal, _)| principal)
+        self.verify_full(&self.file_set, token)
+            .map(|verified| verified.principal)
     }
 
-    /// Verifies a token; returns the principal and the token's `exp`.
-    fn verify_full(&self, token: &Secret) -> Result<(Principal, u64), AuthFailure> {
+    fn validation(&self, alg: Algorithm) -> Result<&Validation, AuthFailure> {
+        self.validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
+            .ok_or(AuthFailure::AlgMismatch)
+    }
+
+    /// Verifies a token against `keys`.
+    fn verify_full(&self, keys: &KeySet, token: &Secret) -> Result<Verified, AuthFailure> {
         let token = token.expose();
         if token.len() > self.max_token_bytes {
             return Err(AuthFailure::TooLarge);
@@ -164,7 +206,7 @@ impl Verifier {
         if header.crit.is_some() || header.enc.is_some() {
             return Err(AuthFailure::Malformed);
         }
-        let issuer = if self.lookup_by_issuer {
+        let issuer = if keys.lookup_by_issuer() {
             let peek: IssuerPeek = jsonwebtoken::dangerous::insecure_decode_claims(token)
                 .map_err(|_| AuthFailure::Malformed)?;
             match peek.iss {
@@ -175,11 +217,15 @@ impl Verifier {
         } else {
             None
         };
-        let key = self.find_key(issuer.as_deref(), header.kid.as_deref())?;
+        let key = keys.find(issuer.as_deref(), header.kid.as_deref())?;
         if header.alg != key.alg {
             return Err(AuthFailure::AlgMismatch);
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation)
+        if !keys.may_serve(key.fetched.as_deref(), keys::now_ms()) {
+            return Err(AuthFailure::KeysStale);
+        }
+        let validation = self.validation(key.alg)?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
             .map_err(|e| {
                 match e.kind() {
                     ErrorKind::InvalidSignature => AuthFailure::BadSignature,
@@ -217,29 +263,11 @@ impl Verifier {
             .get("exp")
             .and_then(Value::as_f64)
             .map_or(0, |e| e as u64);
-        Ok((self.principal(&data.claims)?, exp))
-    }
-
-    /// SPEC §2: a key is found by (`iss`, `kid`); a token without `kid` may use only
-    /// the sole key for its issuer. A key without `issuer` serves any issuer, after
-    /// the keys that name the token's issuer.
-    fn find_key(&self, issuer: Option<&str>, kid: Option<&str>) -> Result<&VerifyKey, AuthFailure> {
-        let keys = &self.keys;
-        let found = match kid {
-            Some(kid) => keys_for_issuer(keys, issuer)
-                .find(|k| k.kid.as_deref() == Some(kid))
-                .or_else(|| keys_for_issuer(keys, None).find(|k| k.kid.as_deref() == Some(kid))),
-            None => match sole_key(keys, issuer) {
-                Sole::One(k) => Some(k),
-                Sole::Several => None,
-                Sole::None if issuer.is_some() => match sole_key(keys, None) {
-                    Sole::One(k) => Some(k),
-                    Sole::Several | Sole::None => None,
-                },
-                Sole::None => None,
-            },
-        };
-        found.ok_or(AuthFailure::UnknownKey)
+        Ok(Verified {
+            principal: self.principal(&data.claims)?,
+            exp,
+            key: key.clone(),
+        })
     }
 
     fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, AuthFailure> {
@@ -279,26 +307,15 @@ impl Verifier {
     }
 }
 
-fn keys_for_issuer<'k, 'i>(
-    keys: &'k [VerifyKey],
-    issuer: Option<&'i str>,
-) -> impl Iterator<Item = &'k VerifyKey> + use<'k, 'i> {
-    keys.iter().filter(move |k| k.issuer.as_deref() == issuer)
-}
-
-enum Sole<'k> {
-    None,
-    One(&'k VerifyKey),
-    Several,
-}
-
-fn sole_key<'k>(keys: &'k [VerifyKey], issuer: Option<&str>) -> Sole<'k> {
-    let mut it = keys_for_issuer(keys, issuer);
-    match (it.next(), it.next()) {
-        (None, _) => Sole::None,
-        (Some(k), None) => Sole::One(k),
-        (Some(_), Some(_)) => Sole::Several,
-    }
+/// The token's `iss`, read without verifying (which set to refetch for an unknown
+/// kid; the token is verified in full afterwards).
+fn token_issuer(token: &str) -> Option<String> {
+    jsonwebtoken::dangerous::insecure_decode_claims::<IssuerPeek>(token)
+        .ok()
+        .and_then(|peek| match peek.iss {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        })
 }
 
 /// A string claim; a number is accepted as its decimal form (ids are often numeric).
@@ -353,136 +370,6 @@ fn validation(config: &Config, alg: Algorithm) -> Validation {
     }
     v.set_required_spec_claims(&required);
     v
-}
-
-fn load_key(
-    file: &Path,
-    index: usize,
-    source: &KeySource,
-    alg: Algorithm,
-) -> Result<DecodingKey, ConfigError> {
-    let KeySource::PublicKeyFile(path) = source else {
-        return hmac_secret(file, index, source).map(|secret| DecodingKey::from_secret(&secret));
-    };
-    let err = |msg: String| {
-        ConfigError::new(
-            file,
-            Some(format!("auth.keys[{index}].public_key_file")),
-            msg,
-        )
-    };
-    let pem =
-        std::fs::read(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
-    let key = match alg {
-        Algorithm::RS256
-        | Algorithm::RS384
-        | Algorithm::RS512
-        | Algorithm::PS256
-        | Algorithm::PS384
-        | Algorithm::PS512 => DecodingKey::from_rsa_pem(&pem),
-        Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
-        Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-        // HMAC algorithms are refused by config validation before this point; the
-        // catch-all also covers algorithms jsonwebtoken may add (non_exhaustive).
-        _ => return Err(err(format!("{alg:?} cannot be used with public_key_file"))),
-    };
-    key.map_err(|e| {
-        err(format!(
-            "{} is not a {alg:?} public key in PEM: {e}",
-            path.display()
-        ))
-    })
-}
-
-/// The raw bytes of the HMAC secret of `auth.keys[index]`, checked for length.
-/// Used to verify (here) and to mint (`smh-gateway token`).
-pub fn hmac_secret(file: &Path, index: usize, source: &KeySource) -> Result<Vec<u8>, ConfigError> {
-    let err = |field: &str, msg: String| {
-        ConfigError::new(file, Some(format!("auth.keys[{index}].{field}")), msg)
-    };
-    match source {
-        KeySource::SecretEnv(var) => {
-            let value = std::env::var_os(var).ok_or_else(|| {
-                err(
-                    "secret_env",
-                    format!("environment variable {var} is not set"),
-                )
-            })?;
-            let bytes = value.into_encoded_bytes();
-            check_hmac_len(&bytes).map_err(|m| err("secret_env", format!("{var}: {m}")))?;
-            Ok(bytes)
-        }
-        KeySource::SecretFile(path) => {
-            let bytes = read_secret_file(path).map_err(|m| err("secret_file", m))?;
-            check_hmac_len(&bytes)
-                .map_err(|m| err("secret_file", format!("{}: {m}", path.display())))?;
-            Ok(bytes)
-        }
-        KeySource::PublicKeyFile(_) => Err(err(
-            "public_key_file",
-            "not an HMAC key: it cannot mint tokens".into(),
-        )),
-    }
-}
-
-/// An HMAC secret file: its raw bytes, less one trailing `\n` or `\r\n`.
-pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
-    let mut bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.ends_with(b"\r\n") {
-        bytes.truncate(bytes.len() - 2);
-    } else if bytes.ends_with(b"\n") {
-        bytes.truncate(bytes.len() - 1);
-    }
-    Ok(bytes)
-}
-
-fn check_hmac_len(bytes: &[u8]) -> Result<(), String> {
-    if bytes.len() < MIN_HMAC_SECRET_BYTES {
-        return Err(format!(
-            "HMAC secret is {} bytes; at least {MIN_HMAC_SECRET_BYTES} are required",
-            bytes.len()
-        ));
-    }
-    Ok(())
-}
-
-/// Keys from a JWKS file. A JWK without `alg`, or with one SPEC §2 does not list, is
-/// skipped with a warning: guessing an algorithm is how confusion attacks start.
-fn load_jwks(
-    file: &Path,
-    path: &Path,
-) -> Result<Vec<(Option<String>, Algorithm, DecodingKey)>, ConfigError> {
-    let err = |msg: String| ConfigError::new(file, Some("auth.jwks_file".into()), msg);
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
-    let set: JwkSet = serde_json::from_str(&text)
-        .map_err(|e| err(format!("{} is not a JWKS: {e}", path.display())))?;
-    let mut out = Vec::new();
-    for (i, jwk) in set.keys.iter().enumerate() {
-        let kid = jwk.common.key_id.clone();
-        let label = kid.clone().unwrap_or_else(|| format!("#{i}"));
-        let Some(alg_name) = jwk.common.key_algorithm.map(|a| a.to_string()) else {
-            crate::log::warn(&format!(
-                "{}: JWK {label} has no \"alg\"; skipped",
-                path.display()
-            ));
-            continue;
-        };
-        let Some(alg) = parse_alg(&alg_name) else {
-            crate::log::warn(&format!(
-                "{}: JWK {label} has unsupported alg {alg_name}; skipped",
-                path.display()
-            ));
-            continue;
-        };
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("JWK {label}: {e}")))?;
-        if let Ok(secret) = key.try_get_as_bytes() {
-            check_hmac_len(secret).map_err(|m| err(format!("JWK {label}: {m}")))?;
-        }
-        out.push((kid, alg, key));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

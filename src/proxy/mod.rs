@@ -45,7 +45,7 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics, library_label};
 use crate::request_id::RequestIds;
 use crate::secret::Secret;
-use auth::Verifier;
+use auth::{KeyStore, Verifier};
 use credentials::{Checked, TokenIdentity, TokenManager, TokenRequest};
 use rewrite::{Clamp, CredentialSource};
 use route::{Operation, Route, Router, Selected, Target};
@@ -179,6 +179,8 @@ struct Finished {
 /// The shared state of the running gateway.
 pub struct Gateway {
     settings: ArcSwap<Settings>,
+    /// The keys tokens are verified with; outlives reloads (JWKS sets stay fetched).
+    keys: Arc<KeyStore>,
     upstream: Arc<Upstream>,
     /// `None` while `cache.enabled = false`.
     cache: Option<RenewCache>,
@@ -218,6 +220,7 @@ impl Gateway {
             metrics.clone(),
         ));
         Gateway {
+            keys: Arc::new(KeyStore::new(settings.verifier.key_sources())),
             settings: ArcSwap::from_pointee(settings),
             upstream,
             tokens,
@@ -247,6 +250,7 @@ impl Gateway {
             self.metrics.set_cache_entries(cache.entries());
         }
         self.metrics.set_upstream_tokens(self.tokens.len());
+        self.metrics.set_jwks(self.keys.stats());
         self.metrics.render()
     }
 
@@ -255,9 +259,17 @@ impl Gateway {
         self.settings.load_full()
     }
 
-    /// Swaps in new settings; requests already running keep the old ones.
+    /// Swaps in new settings; requests already running keep the old ones. The key
+    /// store takes the new file keys and JWKS URLs first (unchanged URLs keep
+    /// their fetched sets).
     pub fn replace_settings(&self, settings: Settings) {
+        self.keys.reconfigure(settings.verifier.key_sources());
         self.settings.store(Arc::new(settings));
+    }
+
+    /// The key store (its readiness for `/readyz`, its refresher).
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
     }
 
     /// Writes out buffered access-log lines (at exit).
@@ -449,7 +461,8 @@ impl Gateway {
                     .ok_or(GatewayError::EmptyAccessToken)?;
                 let principal = settings
                     .verifier
-                    .verify_cached(token)
+                    .authenticate(&self.keys, token)
+                    .await
                     .map_err(GatewayError::InvalidAccessToken)?;
                 let library = match &op.values.library {
                     Some(l) => l.clone(),

@@ -8,7 +8,6 @@
 //! may have reached SMH, so it is never sent twice.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -175,30 +174,9 @@ pub async fn read_body(mut body: Incoming, deadline: Instant) -> Result<ReadBody
 
 fn tls_config(cfg: &UpstreamConfig, file: &Path) -> Result<rustls::ClientConfig, ConfigError> {
     let err = |msg: String| ConfigError::new(file, Some("upstream.ca_file".into()), msg);
-    let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca_file {
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        Some(path) => {
-            use rustls::pki_types::{CertificateDer, pem::PemObject};
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| err(format!("{}: bad PEM: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(err(format!("{} holds no certificate", path.display())));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| {
-                    err(format!("{}: unusable CA certificate: {e}", path.display()))
-                })?;
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(format!("TLS setup failed: {e}")))?
-        .with_root_certificates(roots)
+    let roots = crate::tls_client::roots(cfg.ca_file.as_deref()).map_err(err)?;
+    Ok(crate::tls_client::builder(roots)
+        .map_err(err)?
         .with_no_client_auth())
 }
 

@@ -121,6 +121,9 @@ pub const FAMILIES: &[(&str, &[&str])] = &[
     ("smh_gateway_upstream_token_fetches_total", &["result"]),
     ("smh_gateway_upstream_token_refused_total", &[]),
     ("smh_gateway_upstream_tokens", &[]),
+    ("smh_gateway_jwks_refresh_total", &["result"]),
+    ("smh_gateway_jwks_keys", &[]),
+    ("smh_gateway_jwks_age_seconds", &[]),
 ];
 
 /// The family a sample belongs to, and whether it is a histogram bucket.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::json;
 
 use super::*;
@@ -954,4 +954,51 @@ fn a_user_or_library_claim_that_is_not_a_string_is_refused() {
     assert_eq!(v.verify(&token).unwrap().user, None);
     let token = hs256_token(&with(claims(), "sub", json!(42)));
     assert_eq!(v.verify(&token).unwrap().user.as_deref(), Some("42"));
+}
+
+// ---- the key set the verifier is handed ----
+
+fn set_of(generation: u64, keys: Vec<Arc<keys::VerifyKey>>) -> KeySet {
+    KeySet::new(generation, keys, std::time::Duration::from_secs(60))
+}
+
+#[test]
+fn a_cached_token_is_refused_once_its_key_leaves_the_key_set() {
+    let v = hs256_verifier("", "");
+    let token = hs256_token(&claims());
+    let with_key = set_of(1, v.key_sources().file_keys.clone());
+    assert!(v.verify_cached(&with_key, &token).is_ok());
+    assert!(v.verify_cached(&with_key, &token).is_ok(), "a cache hit");
+    let without = set_of(2, Vec::new());
+    assert_eq!(
+        v.verify_cached(&without, &token),
+        Err(AuthFailure::UnknownKey)
+    );
+    // The same keys under a new generation verify again, from scratch.
+    let again = set_of(3, v.key_sources().file_keys.clone());
+    assert!(v.verify_cached(&again, &token).is_ok());
+}
+
+#[test]
+fn a_key_of_a_jwks_set_past_max_stale_is_refused_as_stale() {
+    let v = hs256_verifier("", "");
+    let token = hs256_token(&claims());
+    let freshness = Arc::new(keys::Freshness::default());
+    let file_key = &v.key_sources().file_keys[0];
+    let fetched = Arc::new(keys::VerifyKey {
+        kid: file_key.kid.clone(),
+        issuer: None,
+        alg: file_key.alg,
+        key: file_key.key.clone(),
+        fetched: Some(freshness.clone()),
+    });
+    let set = set_of(1, vec![fetched]);
+    // Never fetched successfully: stale.
+    assert_eq!(v.verify_cached(&set, &token), Err(AuthFailure::KeysStale));
+    freshness.succeeded(keys::now_ms());
+    assert!(v.verify_cached(&set, &token).is_ok());
+    // Its last success an hour ago, with max_stale one minute: the cached entry is
+    // refused too.
+    freshness.succeeded(keys::now_ms() - 3_600_000);
+    assert_eq!(v.verify_cached(&set, &token), Err(AuthFailure::KeysStale));
 }
