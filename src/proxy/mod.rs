@@ -33,7 +33,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, AccessRecord, method_label};
@@ -41,9 +40,11 @@ use crate::cache::entry::Rest;
 use crate::cache::{Answer, CacheKey, RenewCache, Reply, Source};
 use crate::config::{Config, ConfigError, Unmatched};
 use crate::error::GatewayError;
+use crate::limit::Limit;
 use crate::metrics::{Metrics, RouteMetrics, library_label};
 use crate::request_id::RequestIds;
 use crate::secret::Secret;
+use crate::tasks::Tasks;
 use auth::Verifier;
 use rewrite::{Clamp, CredentialSource};
 use route::{Operation, Route, Router, Selected, Target};
@@ -76,12 +77,15 @@ pub const COMMON_ROUTES: &[&str] = &[
 ];
 
 /// Everything derived from one config file, swapped as a whole on reload so that a
-/// request sees one consistent version from start to end.
+/// request sees one consistent version from start to end. The upstream client is
+/// part of it: a reload builds a new one (new URL, timeouts, CA, client
+/// certificate), and requests already running finish on the old one.
 pub struct Settings {
     pub config: Config,
     pub verifier: Verifier,
     pub credential: CredentialSource,
     pub router: Router,
+    pub upstream: Arc<Upstream>,
 }
 
 impl Settings {
@@ -97,6 +101,7 @@ impl Settings {
             )
         })?;
         Ok(Settings {
+            upstream: Arc::new(Upstream::new(&config.upstream, &config.source)?),
             verifier: Verifier::from_config(&config)?,
             credential: CredentialSource::from_config(&config)?,
             router,
@@ -177,12 +182,14 @@ struct Finished {
 /// The shared state of the running gateway.
 pub struct Gateway {
     settings: ArcSwap<Settings>,
-    upstream: Arc<Upstream>,
     /// `None` while `cache.enabled = false`.
     cache: Option<RenewCache>,
-    in_flight: Semaphore,
+    /// `server.max_in_flight`, its capacity following reload.
+    in_flight: Limit,
     request_ids: RequestIds,
     access_log: AccessLog,
+    /// Where background tasks are spawned, so that shutdown stops them.
+    tasks: Tasks,
     metrics: Arc<Metrics>,
     unmatched: RouteMetrics,
 }
@@ -190,9 +197,9 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(
         settings: Settings,
-        upstream: Upstream,
         access_log: AccessLog,
         cache: Option<RenewCache>,
+        tasks: Tasks,
     ) -> Gateway {
         let libraries: Vec<String> = settings
             .config
@@ -200,22 +207,23 @@ impl Gateway {
             .iter()
             .map(|l| l.id.clone())
             .collect();
-        let max_in_flight = settings
-            .config
-            .server
-            .max_in_flight
-            .min(Semaphore::MAX_PERMITS);
+        let max_in_flight = settings.config.server.max_in_flight;
         let metrics = Arc::new(Metrics::new(&libraries, COMMON_ROUTES));
         Gateway {
             settings: ArcSwap::from_pointee(settings),
-            upstream: Arc::new(upstream),
             cache,
-            in_flight: Semaphore::new(max_in_flight),
+            in_flight: Limit::new(max_in_flight),
             request_ids: RequestIds::new(),
             access_log,
+            tasks,
             unmatched: metrics.route(UNMATCHED),
             metrics,
         }
+    }
+
+    /// The background-task registry ([`crate::tasks`]).
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -244,6 +252,8 @@ impl Gateway {
 
     /// Swaps in new settings; requests already running keep the old ones.
     pub fn replace_settings(&self, settings: Settings) {
+        self.in_flight
+            .set_capacity(settings.config.server.max_in_flight);
         self.settings.store(Arc::new(settings));
     }
 
@@ -387,8 +397,8 @@ impl Gateway {
         check_limits(config, &req)?;
         let _permit = self
             .in_flight
-            .try_acquire()
-            .map_err(|_| GatewayError::ServerOverloaded)?;
+            .try_take()
+            .ok_or(GatewayError::ServerOverloaded)?;
 
         // Phase 1: route (and the request syntax of path, query and body).
         let (parts, body) = req.into_parts();
@@ -497,8 +507,11 @@ impl Gateway {
         // The upstream request, built only when it is sent: a cache hit never pays
         // for it.
         let build = |headers: HeaderMap| {
-            let mut target =
-                rewrite::upstream_path(self.upstream.base_path(), &op.route.template, &op.values);
+            let mut target = rewrite::upstream_path(
+                settings.upstream.base_path(),
+                &op.route.template,
+                &op.values,
+            );
             target.push('?');
             target.push_str(&rewrite::upstream_query(
                 &op,
@@ -541,6 +554,7 @@ impl Gateway {
             let headers = parts.headers;
             return self
                 .renew(
+                    &settings.upstream,
                     cache,
                     key,
                     parts.method,
@@ -553,6 +567,7 @@ impl Gateway {
         let (path_and_query, headers) = build(parts.headers);
         let resp = self
             .send(
+                &settings.upstream,
                 UpstreamRequest {
                     method: parts.method,
                     path_and_query,
@@ -583,6 +598,7 @@ impl Gateway {
     /// callers and stored), and carries `X-Cache`.
     async fn renew(
         &self,
+        upstream: &Arc<Upstream>,
         cache: &RenewCache,
         key: CacheKey,
         method: http::Method,
@@ -600,7 +616,7 @@ impl Gateway {
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
-            self.fetch_buffered(method, path_and_query, headers, route_metrics)
+            self.fetch_buffered(upstream, method, path_and_query, headers, route_metrics)
         };
         let lookup = cache.lookup(key, fetch).await;
         ctx.cache = Some(lookup.source);
@@ -624,7 +640,7 @@ impl Gateway {
                 let body = upstream::StreamedBody::after(
                     Some(answer.body.clone()),
                     rest,
-                    self.upstream.timeout(),
+                    upstream.timeout(),
                 );
                 let mut resp = Response::new(Either::Right(body));
                 *resp.status_mut() = answer.status;
@@ -651,12 +667,13 @@ impl Gateway {
     /// finishes for the other waiters even when the client that started it goes away.
     fn fetch_buffered(
         &self,
+        upstream: &Arc<Upstream>,
         method: http::Method,
         path_and_query: String,
         headers: HeaderMap,
         route_metrics: RouteMetrics,
     ) -> impl Future<Output = Result<Answer, GatewayError>> + Send + 'static {
-        let upstream = self.upstream.clone();
+        let upstream = upstream.clone();
         let metrics = self.metrics.clone();
         async move {
             let started = Instant::now();
@@ -697,12 +714,13 @@ impl Gateway {
     /// Sends a request upstream and streams the answer back.
     async fn send(
         &self,
+        upstream: &Upstream,
         req: UpstreamRequest,
         route_metrics: &RouteMetrics,
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let started = Instant::now();
-        let sent = self.upstream.send(req).await;
+        let sent = upstream.send(req).await;
         // Until the response head: the body streams through afterwards.
         self.metrics.upstream(route_metrics, started.elapsed());
         let (resp, _) = sent?;
@@ -710,7 +728,7 @@ impl Gateway {
         ctx.upstream_status = Some(resp.status().as_u16());
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let body = upstream::StreamedBody::new(body, self.upstream.timeout());
+        let body = upstream::StreamedBody::new(body, upstream.timeout());
         Ok(Response::from_parts(parts, Either::Right(body)))
     }
 
@@ -741,13 +759,14 @@ impl Gateway {
             .unwrap_or("/");
         let path_and_query = format!(
             "{}{}",
-            self.upstream.base_path().trim_end_matches('/'),
+            settings.upstream.base_path().trim_end_matches('/'),
             target
         );
         let headers =
             headers::upstream_request_headers(parts.headers, client.addr, client.proto, request_id);
         let unmatched = self.unmatched.clone();
         self.send(
+            &settings.upstream,
             UpstreamRequest {
                 method: parts.method,
                 path_and_query,
