@@ -4,13 +4,16 @@
 //! request pipeline starts in [`proxy`].
 //!
 //! Module map, in the order a request meets them:
-//! - [`server`]: listeners, TLS, connection limits, graceful drain
+//! - [`server`]: listeners, TLS, connection limits, graceful drain, reload
+//! - [`limit`]: the connection and in-flight counters whose capacity follows reload
 //! - [`proxy`]: the pipeline (`route` → `auth` → `policy` → `rewrite` → `cache` → `upstream`)
 //! - [`cache`]: renew answers cached and coalesced (memory or Redis)
 //! - [`error`]: the one mapping from an error to status and SMH code
 //! - [`access_log`]: one JSON line per request
 //! - [`admin`]: `/healthz`, `/readyz`
 //! - [`config`]: the TOML file, validated
+//!
+//! - [`tasks`]: background tasks started and stopped from one place
 //!
 //! Shared by the upstream client and the JWKS fetches: [`tls_client`].
 //!
@@ -22,6 +25,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod limit;
 pub mod log;
 pub mod metrics;
 pub mod mock_upstream;
@@ -30,6 +34,7 @@ pub mod request_id;
 pub mod secret;
 pub mod server;
 pub mod smh;
+pub mod tasks;
 pub mod template;
 pub mod tls_client;
 pub mod token;

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -11,8 +10,7 @@ use clap::{Parser, Subcommand};
 use smh_gateway::access_log::AccessLog;
 use smh_gateway::config::{Config, ConfigError};
 use smh_gateway::log;
-use smh_gateway::proxy::{Gateway, Settings};
-use smh_gateway::server::{Server, StartError, prepare};
+use smh_gateway::server::{Reloader, Server, StartError};
 use smh_gateway::token::{TokenSpec, mint, parse_permissions};
 
 /// mimalloc: fewer cycles per request than glibc malloc for the many small,
@@ -165,7 +163,7 @@ fn config_failure(e: &ConfigError) -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    let result = Config::load(path).and_then(|config| prepare(config).map(|_| ()));
+    let result = Config::load(path).and_then(smh_gateway::server::check);
     match result {
         Ok(()) => {
             println!("{}: ok", path.display());
@@ -214,7 +212,7 @@ fn serve(path: &Path) -> ExitCode {
             server.local_addr(),
             server.admin_addr()
         ));
-        tokio::spawn(reload_on_sighup(server.gateway(), path.to_path_buf()));
+        tokio::spawn(reload_on_sighup(server.reloader(), path.to_path_buf()));
         server.run(terminate()).await;
         log::info("stopped");
         ExitCode::SUCCESS
@@ -232,29 +230,16 @@ async fn terminate() {
     }
 }
 
-/// SIGHUP re-reads the config and its keys; an invalid one is logged and the
-/// running one kept. Listeners, TLS and the upstream client are fixed at start.
-async fn reload_on_sighup(gateway: Arc<Gateway>, path: PathBuf) {
+/// SIGHUP re-reads the config and applies it ([`Reloader`] counts and logs the
+/// outcome); an invalid file, or one that changes a key needing a restart, leaves
+/// the running config in place.
+async fn reload_on_sighup(reloader: Reloader, path: PathBuf) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
-        match Config::load(&path).and_then(Settings::from_config) {
-            Ok(settings) => {
-                gateway.replace_settings(settings);
-                gateway.metrics().reload(true);
-                log::info(&format!(
-                    "SIGHUP: reloaded {} (keys, claims, libraries and their secrets, traffic_limit, routes and credential apply now; listeners, TLS, server limits, upstream and cache need a restart)",
-                    path.display()
-                ));
-            }
-            Err(e) => {
-                gateway.metrics().reload(false);
-                log::error(&format!(
-                    "SIGHUP: reload failed, keeping the running config: {e}"
-                ));
-            }
-        }
+        log::info(&format!("SIGHUP: reloading {}", path.display()));
+        let _ = reloader.reload_file(&path);
     }
 }

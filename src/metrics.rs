@@ -52,6 +52,33 @@ pub const POLICY_REASONS: [&str; 7] = [
     "user_id_not_allowed",
 ];
 
+/// How a reload ended: the `result` label of `smh_gateway_config_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// Applied.
+    Success,
+    /// The new file (or a key, certificate or secret it names) is not usable.
+    Failure,
+    /// It changes a key that needs a restart (SPEC §15).
+    Refused,
+}
+
+impl ReloadResult {
+    pub const ALL: [ReloadResult; 3] = [
+        ReloadResult::Success,
+        ReloadResult::Failure,
+        ReloadResult::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+            ReloadResult::Refused => "refused",
+        }
+    }
+}
+
 /// Cache results, the label of `smh_gateway_cache_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheResult {
@@ -342,8 +369,8 @@ impl Metrics {
         for r in CacheResult::ALL {
             cache_requests.with_label_values(&[r.as_str()]);
         }
-        for r in ["success", "failure"] {
-            config_reloads.with_label_values(&[r]);
+        for r in ReloadResult::ALL {
+            config_reloads.with_label_values(&[r.as_str()]);
         }
         let by_library = libraries
             .iter()
@@ -523,9 +550,9 @@ impl Metrics {
         self.cache_entries.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    pub fn reload(&self, ok: bool) {
+    pub fn reload(&self, result: ReloadResult) {
         self.config_reloads
-            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .with_label_values(&[result.as_str()])
             .inc();
     }
 

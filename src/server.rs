@@ -1,45 +1,85 @@
-//! Listeners and connections: bind (after everything is validated), accept with a
-//! connection limit, optional TLS, HTTP/1.1 (and HTTP/2 when TLS negotiates it by
-//! ALPN; plaintext is HTTP/1.1 only, which spares every request the protocol
-//! sniffing of hyper-util's auto builder), idle connections closed, and the graceful drain on shutdown:
-//! `/readyz` turns 503, the listener closes, every connection is told to finish its
-//! in-flight requests, and the process waits up to `server.shutdown_grace`.
+//! Listeners and connections: bind (after everything is validated, with
+//! `server.listen_backlog`), accept, and hand each socket to its own task, which
+//! does the rest: the connection limit, the TLS handshake, HTTP/1.1 or HTTP/2 (by
+//! ALPN on TLS; by the client's first bytes on plain HTTP, so h2c with prior
+//! knowledge works), idle close, and the graceful drain on shutdown: `/readyz`
+//! turns 503, the listener closes, every connection is told to finish (HTTP/2 gets
+//! a GOAWAY and its open streams run to their end), and the process waits up to
+//! `server.shutdown_grace`, then stops the background tasks ([`crate::tasks`]).
+//!
+//! Reload (SPEC §15) splits the config in two: [`Fixed`] (the sockets and the
+//! cache backend, bound or connected once; a reload that changes them is refused)
+//! and everything else, which [`Reloader::reload`] swaps in: the gateway's
+//! [`Settings`] (keys, routes, upstream client, ...) and this file's [`Front`]
+//! (certificate, protocol limits, timeouts, `max_connections`). Each connection
+//! reads the `Front` current when it is accepted and keeps it; open connections
+//! keep their certificate and limits.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::Request;
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
 use crate::cache::RenewCache;
-use crate::config::{Config, ConfigError, ServerConfig, TlsFiles};
+use crate::config::{Config, ConfigError, Fixed, TlsFiles};
 use crate::error::GatewayError;
-use crate::proxy::upstream::Upstream;
+use crate::limit::Limit;
+use crate::metrics::ReloadResult;
 use crate::proxy::{ClientInfo, Gateway, Settings};
+use crate::tasks::Tasks;
 
 /// A gateway whose config, keys and upstream are ready and whose ports are bound.
 pub struct Server {
     gateway: Arc<Gateway>,
     listener: TcpListener,
     admin: TcpListener,
-    tls: Option<TlsAcceptor>,
-    server: ServerConfig,
+    live: Arc<Live>,
+    fixed: Arc<Fixed>,
+    tasks: Tasks,
     draining: Arc<AtomicBool>,
+}
+
+/// The server-side state a reload replaces.
+struct Live {
+    front: ArcSwap<Front>,
+    /// `server.max_connections`: its capacity follows reload.
+    connections: Arc<Limit>,
+}
+
+/// What a connection is served with, built from one config: read once per
+/// accepted connection, replaced as a whole on reload.
+struct Front {
+    /// `None`: plain HTTP (and h2c).
+    tls: Option<TlsAcceptor>,
+    /// HTTP/1.1 or HTTP/2 by the client's first bytes (plain HTTP).
+    sniff: auto::Builder<TokioExecutor>,
+    /// The protocol TLS negotiated by ALPN.
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    shutdown_grace: Duration,
+    max_connections: usize,
 }
 
 /// Why `serve` could not start: a config problem (exit 2) or a bind failure.
@@ -72,51 +112,58 @@ impl From<ConfigError> for StartError {
     }
 }
 
-/// Everything `serve` checks before binding a port: secrets, upstream TLS roots,
-/// server certificate, the Redis URL. `check` runs the same.
-pub fn prepare(config: Config) -> Result<(Settings, Upstream, Option<TlsAcceptor>), ConfigError> {
-    let upstream = Upstream::new(&config.upstream, &config.source)?;
+/// Everything `serve` checks before binding a port: secrets, upstream TLS roots and
+/// client certificate, server certificate, the Redis URL. `check` runs the same,
+/// and so does every reload.
+fn prepare(config: Config) -> Result<(Settings, Front), ConfigError> {
     crate::cache::check_config(&config)?;
-    let tls = config
-        .server
-        .tls
-        .as_ref()
-        .map(|files| tls_acceptor(files, &config))
-        .transpose()?;
+    let front = Front::from_config(&config)?;
     let settings = Settings::from_config(config)?;
-    Ok((settings, upstream, tls))
+    Ok((settings, front))
+}
+
+/// `smh-gateway check`: everything `serve` verifies before binding.
+pub fn check(config: Config) -> Result<(), ConfigError> {
+    prepare(config).map(|_| ())
 }
 
 impl Server {
     /// Validates everything, then binds the main and admin listeners.
     pub async fn bind(config: Config, access_log: AccessLog) -> Result<Server, StartError> {
-        let server = config.server.clone();
-        let admin_addr = config.admin.listen;
-        let (settings, upstream, tls) = prepare(config)?;
+        let fixed = config.fixed();
+        let (settings, front) = prepare(config)?;
+        let tasks = Tasks::new();
         // Before the ports: a Redis that is down delays this by at most a second
         // and never stops the start (the cache then serves from the upstream).
-        let cache = RenewCache::start(&settings.config).await?;
+        let cache = RenewCache::start(&settings.config, &tasks).await?;
         let listener =
-            TcpListener::bind(server.listen)
-                .await
-                .map_err(|error| StartError::Bind {
-                    what: "server.listen",
-                    addr: server.listen,
-                    error,
-                })?;
-        let admin = TcpListener::bind(admin_addr)
+            listen(fixed.listen, fixed.listen_backlog).map_err(|error| StartError::Bind {
+                what: "server.listen",
+                addr: fixed.listen,
+                error,
+            })?;
+        let admin = TcpListener::bind(fixed.admin_listen)
             .await
             .map_err(|error| StartError::Bind {
                 what: "admin.listen",
-                addr: admin_addr,
+                addr: fixed.admin_listen,
                 error,
             })?;
+        let gateway = Arc::new(Gateway::new(settings, access_log, cache, tasks.clone()));
+        let keys = gateway.keys().clone();
+        tasks.spawn("jwks-refresh", move |cancel| {
+            crate::proxy::auth::refresh_loop(keys, cancel)
+        });
         Ok(Server {
-            gateway: Arc::new(Gateway::new(settings, upstream, access_log, cache)),
+            gateway,
             listener,
             admin,
-            tls,
-            server,
+            live: Arc::new(Live {
+                connections: Arc::new(Limit::new(front.max_connections)),
+                front: ArcSwap::from_pointee(front),
+            }),
+            fixed: Arc::new(fixed),
+            tasks,
             draining: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -137,15 +184,25 @@ impl Server {
         self.gateway.clone()
     }
 
+    /// The handle that applies a new config to this server while it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            gateway: self.gateway.clone(),
+            live: self.live.clone(),
+            fixed: self.fixed.clone(),
+        }
+    }
+
     /// Serves until `shutdown` completes, then drains. Returns once every connection
-    /// has finished or `server.shutdown_grace` has passed.
+    /// and background task has finished or `server.shutdown_grace` has passed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             gateway,
             listener,
             admin,
-            tls,
-            server,
+            live,
+            fixed: _,
+            tasks,
             draining,
         } = self;
         let admin_task = tokio::spawn(crate::admin::serve(
@@ -153,72 +210,30 @@ impl Server {
             draining.clone(),
             gateway.clone(),
         ));
-        let background = tokio_util::sync::CancellationToken::new();
-        let jwks_task =
-            crate::proxy::auth::spawn_refresh(gateway.keys().clone(), background.clone());
-        let (drain_tx, drain_rx) = watch::channel(false);
-        let max_connections = server
-            .max_connections
-            .min(Semaphore::MAX_PERMITS)
-            .min(u32::MAX as usize);
-        let connections = Arc::new(Semaphore::new(max_connections));
+        let drain = CancellationToken::new();
+        let connections = TaskTracker::new();
         let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
-        let builder = Arc::new(Protocols::new(&server));
-        let proto = if tls.is_some() { "https" } else { "http" };
 
+        // Nothing but accepting here: everything per connection happens in its task.
         let accept = async {
             loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(conn) => conn,
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        connections.spawn(connection(
+                            stream,
+                            peer,
+                            gateway.clone(),
+                            live.clone(),
+                            refusals.clone(),
+                            drain.clone(),
+                        ));
+                    }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         crate::log::warn(&format!("accept failed: {e}"));
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
                     }
-                };
-                let _ = stream.set_nodelay(true);
-                let client = ClientInfo { addr: peer, proto };
-                let Ok(permit) = connections.clone().try_acquire_owned() else {
-                    // Over the limit: a plaintext client is told why; a TLS one
-                    // would need a handshake first, so it is just closed.
-                    if tls.is_none()
-                        && let Ok(slot) = refusals.clone().try_acquire_owned()
-                    {
-                        tokio::spawn(async move {
-                            refuse_overloaded(stream).await;
-                            drop(slot);
-                        });
-                    }
-                    continue;
-                };
-                let conn = Conn {
-                    gateway: gateway.clone(),
-                    builder: builder.clone(),
-                    client,
-                    drain: drain_rx.clone(),
-                    idle_timeout: server.idle_timeout,
-                };
-                let tls = tls.clone();
-                let handshake_timeout = server.header_read_timeout;
-                let open = gateway.metrics().connections().clone();
-                open.inc();
-                tokio::spawn(async move {
-                    match tls {
-                        None => conn.serve(stream, false).await,
-                        Some(acceptor) => {
-                            // A failed or slow handshake just closes the socket.
-                            let handshake =
-                                tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
-                            if let Ok(Ok(tls_stream)) = handshake.await {
-                                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                                conn.serve(tls_stream, h2).await;
-                            }
-                        }
-                    }
-                    open.dec();
-                    drop(permit);
-                });
+                }
             }
         };
         tokio::select! {
@@ -229,35 +244,191 @@ impl Server {
         // Drain: not ready, no new connections, in-flight requests finish.
         draining.store(true, Ordering::SeqCst);
         drop(listener);
-        let _ = drain_tx.send(true);
-        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-        match tokio::time::timeout(server.shutdown_grace, connections.acquire_many(all)).await {
-            Ok(_) => crate::log::info("drained: all connections finished"),
+        drain.cancel();
+        connections.close();
+        let grace = live.front.load().shutdown_grace;
+        let deadline = Instant::now() + grace;
+        match tokio::time::timeout_at(deadline, connections.wait()).await {
+            Ok(()) => crate::log::info("drained: all connections finished"),
             Err(_) => {
                 crate::log::warn("shutdown_grace passed with connections still open; closing them")
             }
         }
+        // Background tasks get what is left of the grace, and at least a second.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        tasks.shutdown(left).await;
         admin_task.abort();
-        background.cancel();
-        let _ = jwks_task.await;
         gateway.flush_logs();
     }
 }
 
-/// The HTTP/1.1 and HTTP/2 connection settings.
-struct Protocols {
-    http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+/// The main listener: `server.listen` with a listen queue of `server.listen_backlog`.
+pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind does: a restart can bind while old sockets linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
-impl Protocols {
-    fn new(server: &ServerConfig) -> Protocols {
+/// One accepted socket, from accept to close: the connection limit, TLS, HTTP.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    live: Arc<Live>,
+    refusals: Arc<Semaphore>,
+    drain: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let front = live.front.load_full();
+    let Some(_slot) = live.connections.try_take_owned() else {
+        // Over the limit: a plaintext client is told why; a TLS one would need a
+        // handshake first, so it is just closed.
+        if front.tls.is_none()
+            && let Ok(_refusing) = refusals.try_acquire_owned()
+        {
+            refuse_overloaded(stream).await;
+        }
+        return;
+    };
+    let open = gateway.metrics().connections().clone();
+    open.inc();
+    let proto = if front.tls.is_some() { "https" } else { "http" };
+    let conn = Conn {
+        gateway,
+        client: ClientInfo { addr: peer, proto },
+        drain,
+        front: front.clone(),
+    };
+    match &front.tls {
+        None => {
+            // A client that sends nothing is closed after header_read_timeout, as
+            // hyper does once it reads a request head.
+            let mut first = [0u8; 1];
+            let waited = tokio::select! {
+                peeked = tokio::time::timeout(front.header_read_timeout, stream.peek(&mut first)) => peeked,
+                _ = conn.drain.cancelled() => Ok(Ok(0)),
+            };
+            if let Ok(Ok(1..)) = waited {
+                conn.serve(stream, &front.sniff).await;
+            }
+        }
+        Some(acceptor) => {
+            // A failed or slow handshake just closes the socket.
+            let handshake = tokio::select! {
+                done = tokio::time::timeout(front.header_read_timeout, acceptor.accept(stream)) => done.ok(),
+                _ = conn.drain.cancelled() => None,
+            };
+            if let Some(Ok(tls_stream)) = handshake {
+                let builder = if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    &front.http2
+                } else {
+                    &front.http1
+                };
+                conn.serve(tls_stream, builder).await;
+            }
+        }
+    }
+    open.dec();
+}
+
+/// Applies a new config to a running server (SIGHUP). The file is validated and
+/// every secret, key and certificate read before anything is swapped; a change to
+/// a [`Fixed`] key refuses the reload as a whole. Either way it is counted
+/// (`smh_gateway_config_reloads_total{result}`) and logged.
+#[derive(Clone)]
+pub struct Reloader {
+    gateway: Arc<Gateway>,
+    live: Arc<Live>,
+    fixed: Arc<Fixed>,
+}
+
+/// Why a reload was not applied; the running config keeps serving.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The file, a key, a certificate or a secret is not usable.
+    Invalid(ConfigError),
+    /// Keys that need a restart changed (dotted names).
+    Refused(Vec<&'static str>),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Invalid(e) => write!(f, "{e}"),
+            ReloadError::Refused(keys) => {
+                write!(f, "{} changed, which needs a restart", keys.join(", "))
+            }
+        }
+    }
+}
+
+impl Reloader {
+    /// Reads `path` and applies it.
+    pub fn reload_file(&self, path: &Path) -> Result<(), ReloadError> {
+        self.reload(Config::load(path))
+    }
+
+    /// Applies a loaded config, or counts and logs why not.
+    pub fn reload(&self, loaded: Result<Config, ConfigError>) -> Result<(), ReloadError> {
+        let result = self.apply(loaded);
+        let metrics = self.gateway.metrics();
+        match &result {
+            Ok(()) => {
+                metrics.reload(ReloadResult::Success);
+                crate::log::info("reload: applied");
+            }
+            Err(e @ ReloadError::Refused(_)) => {
+                metrics.reload(ReloadResult::Refused);
+                crate::log::error(&format!("reload refused, keeping the running config: {e}"));
+            }
+            Err(e @ ReloadError::Invalid(_)) => {
+                metrics.reload(ReloadResult::Failure);
+                crate::log::error(&format!("reload failed, keeping the running config: {e}"));
+            }
+        }
+        result
+    }
+
+    fn apply(&self, loaded: Result<Config, ConfigError>) -> Result<(), ReloadError> {
+        let config = loaded.map_err(ReloadError::Invalid)?;
+        let changed = self.fixed.changes(&config.fixed());
+        if !changed.is_empty() {
+            return Err(ReloadError::Refused(changed));
+        }
+        let (settings, front) = prepare(config).map_err(ReloadError::Invalid)?;
+        self.live.connections.set_capacity(front.max_connections);
+        self.live.front.store(Arc::new(front));
+        if let Some(cache) = self.gateway.cache() {
+            cache.retune(&settings.config);
+        }
+        self.gateway.replace_settings(settings);
+        Ok(())
+    }
+}
+
+impl Front {
+    fn from_config(config: &Config) -> Result<Front, ConfigError> {
+        let server = &config.server;
+        let tls = server
+            .tls
+            .as_ref()
+            .map(|files| tls_acceptor(files, config))
+            .transpose()?;
         // hyper's own limit is a backstop (it answers a bare 431); requests under it
         // are measured against server.max_header_bytes/max_uri_bytes in
         // proxy::check_limits, which answers in SMH's JSON shape.
         let buf = (server.max_header_bytes + server.max_uri_bytes + 8192).max(8192);
-        let mut http1 = http1::Builder::new();
-        http1
+        let mut sniff = auto::Builder::new(TokioExecutor::new());
+        sniff
+            .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout)
             .max_buf_size(buf)
@@ -265,22 +436,30 @@ impl Protocols {
             // server.max_header_bytes is reached; allow as many as can fit.
             .max_headers((server.max_header_bytes / 8).max(100))
             .keep_alive(true);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
+        sniff
+            .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX))
             .max_concurrent_streams(256);
-        Protocols { http1, http2 }
+        Ok(Front {
+            tls,
+            http1: sniff.clone().http1_only(),
+            http2: sniff.clone().http2_only(),
+            sniff,
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            shutdown_grace: server.shutdown_grace,
+            max_connections: server.max_connections,
+        })
     }
 }
 
-/// One accepted connection.
+/// One accepted connection, with the [`Front`] current when it was accepted.
 struct Conn {
     gateway: Arc<Gateway>,
-    builder: Arc<Protocols>,
     client: ClientInfo,
-    drain: watch::Receiver<bool>,
-    idle_timeout: Duration,
+    drain: CancellationToken,
+    front: Arc<Front>,
 }
 
 /// Requests in flight on a connection and when the last one ended, for idle close.
@@ -331,7 +510,7 @@ impl Drop for InFlight {
 }
 
 impl Conn {
-    async fn serve<I>(self, io: I, h2: bool)
+    async fn serve<I>(self, io: I, builder: &auto::Builder<TokioExecutor>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -352,42 +531,40 @@ impl Conn {
                 Ok::<_, Infallible>(resp)
             }
         });
-        let io = TokioIo::new(io);
-        let builder = self.builder.clone();
-        if h2 {
-            self.drive(builder.http2.serve_connection(io, service), &activity)
-                .await;
-        } else {
-            self.drive(builder.http1.serve_connection(io, service), &activity)
-                .await;
-        }
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        self.drive(conn, &activity).await;
     }
 
-    /// Runs a connection to its end, closing it gracefully on drain or when idle.
-    async fn drive(
-        mut self,
-        conn: impl GracefulConnection<Error = hyper::Error>,
-        activity: &Activity,
-    ) {
+    /// Runs a connection to its end, closing it gracefully (HTTP/2: GOAWAY, open
+    /// streams finish) on drain or when idle.
+    async fn drive<C>(self, conn: C, activity: &Activity)
+    where
+        C: GracefulConnection<Error = Box<dyn std::error::Error + Send + Sync>>,
+    {
         tokio::pin!(conn);
-        let mut closing = *self.drain.borrow();
+        let idle = self.front.idle_timeout;
+        let mut closing = self.drain.is_cancelled();
         if closing {
             conn.as_mut().graceful_shutdown();
         }
         loop {
             tokio::select! {
                 ended = conn.as_mut() => {
-                    if let Err(e) = ended {
-                        self.gateway.connection_error(self.client, crate::error::ConnectionError::of(&e));
+                    if let Err(e) = ended
+                        && let Some(e) = e.downcast_ref::<hyper::Error>()
+                    {
+                        // Other errors: the protocol sniffing was cut short by a
+                        // close, nothing a client sent.
+                        self.gateway.connection_error(self.client, crate::error::ConnectionError::of(e));
                     }
                     break;
                 }
-                _ = self.drain.changed(), if !closing => {
+                _ = self.drain.cancelled(), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = tokio::time::sleep_until(activity.next_idle_check(self.idle_timeout)), if !closing => {
-                    if activity.is_idle_for(self.idle_timeout) {
+                _ = tokio::time::sleep_until(activity.next_idle_check(idle)), if !closing => {
+                    if activity.is_idle_for(idle) {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
@@ -418,6 +595,7 @@ async fn refuse_overloaded(mut stream: TcpStream) {
 /// Refusals running at once, at most; beyond, connections are just closed.
 const MAX_REFUSALS: usize = 256;
 
+/// The server certificate and key, read now (at start and on every reload).
 fn tls_acceptor(files: &TlsFiles, config: &Config) -> Result<TlsAcceptor, ConfigError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let file = config.source.as_path();

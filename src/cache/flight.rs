@@ -46,7 +46,11 @@ pub(super) fn spawn<Fut>(
 ) where
     Fut: Future<Output = Result<Answer, GatewayError>> + Send + 'static,
 {
-    let (backend, lifetime, bound) = (cache.backend.clone(), cache.lifetime, cache.flight_bound);
+    let (backend, lifetime, bound) = (
+        cache.backend.clone(),
+        cache.lifetime(),
+        cache.flight_bound(),
+    );
     let leaving = Leaving {
         flights: cache.flights.clone(),
         key: key.hash,

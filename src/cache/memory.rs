@@ -9,7 +9,7 @@
 //! without a scan. Writes happen once per upstream call, so that lock is cold.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
@@ -39,10 +39,12 @@ pub struct MemoryStore {
     entries: DashMap<KeyHash, Stored, BuildDigestHasher>,
     index: Mutex<Index>,
     len: AtomicUsize,
-    max_entries: usize,
+    /// `cache.max_entries`; a reload may change it (a lower bound takes effect as
+    /// entries are next inserted).
+    max_entries: AtomicUsize,
     /// How long an invalidated upload refuses new entries (the longest a flight can
     /// run).
-    tombstone_ms: u64,
+    tombstone_ms: AtomicU64,
 }
 
 impl MemoryStore {
@@ -51,9 +53,19 @@ impl MemoryStore {
             entries: DashMap::with_hasher(BuildDigestHasher::default()),
             index: Mutex::new(Index::default()),
             len: AtomicUsize::new(0),
-            max_entries: max_entries.max(1),
-            tombstone_ms: u64::try_from(tombstone.as_millis()).unwrap_or(u64::MAX),
+            max_entries: AtomicUsize::new(max_entries.max(1)),
+            tombstone_ms: AtomicU64::new(u64::try_from(tombstone.as_millis()).unwrap_or(u64::MAX)),
         }
+    }
+
+    /// New `cache.max_entries` and flight bound (reload).
+    pub fn retune(&self, max_entries: usize, tombstone: Duration) {
+        self.max_entries
+            .store(max_entries.max(1), Ordering::Relaxed);
+        self.tombstone_ms.store(
+            u64::try_from(tombstone.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// The live entry for `key`, if any. The hit path.
@@ -86,7 +98,8 @@ impl MemoryStore {
             return false;
         }
         self.remove_locked(&mut index, &key.hash);
-        while index.by_expiry.len() >= self.max_entries {
+        let max_entries = self.max_entries.load(Ordering::Relaxed);
+        while index.by_expiry.len() >= max_entries {
             let Some(&(soonest, victim)) = index.by_expiry.first() else {
                 break;
             };
@@ -130,9 +143,10 @@ impl MemoryStore {
     /// `tombstones`). Returns how many were dropped.
     pub fn invalidate_upload(&self, upload: &UploadId, now: u64) -> usize {
         let mut index = self.lock();
-        index
-            .tombstones
-            .insert(*upload, now.saturating_add(self.tombstone_ms));
+        index.tombstones.insert(
+            *upload,
+            now.saturating_add(self.tombstone_ms.load(Ordering::Relaxed)),
+        );
         let keys = index.by_upload.remove(upload).unwrap_or_default();
         for key in &keys {
             if let Some((_, stored)) = self.entries.remove(key) {
@@ -159,13 +173,16 @@ impl MemoryStore {
     }
 }
 
-/// Sweeps every [`SWEEP_EVERY`] until the store is dropped.
-pub fn spawn_sweeper(store: Weak<MemoryStore>) {
-    tokio::spawn(async move {
+/// Sweeps every [`SWEEP_EVERY`] until the store is dropped or the gateway stops.
+pub fn spawn_sweeper(store: Weak<MemoryStore>, tasks: &crate::tasks::Tasks) {
+    tasks.spawn("cache-sweeper", move |cancel| async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
             let Some(store) = store.upgrade() else {
                 return;
             };

@@ -33,11 +33,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::{CacheBackend, Config, ConfigError};
 use crate::error::GatewayError;
 use crate::metrics::CacheResult;
+use crate::tasks::Tasks;
 pub use entry::{Answer, Entry, Lifetime, now_ms};
 use flight::Flights;
 pub use key::{CacheKey, KeyHash, UploadId};
@@ -102,11 +104,18 @@ enum Backend {
     Redis(Arc<RedisStore>),
 }
 
-/// The cache of one gateway process. Built once at start (a SIGHUP does not
-/// change it).
+/// The cache of one gateway process. Built once at start; a reload retunes it
+/// ([`RenewCache::retune`]: max_entries, min_remaining, max_ttl, the flight bound)
+/// but keeps its entries and backend.
 pub struct RenewCache {
     backend: Backend,
     flights: Flights,
+    tuning: ArcSwap<Tuning>,
+}
+
+/// The part of a cache a reload changes.
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
     lifetime: Lifetime,
     /// The longest a flight can run: upstream attempts times `upstream.timeout`,
     /// plus a margin. Bounds the Redis lock and remote waiting.
@@ -137,7 +146,9 @@ pub fn check_config(config: &Config) -> Result<(), ConfigError> {
 impl RenewCache {
     /// The cache `[cache]` asks for, or `None` when it is disabled. Redis being
     /// down does not fail this: the gateway starts and serves from the upstream.
-    pub async fn start(config: &Config) -> Result<Option<RenewCache>, ConfigError> {
+    /// Its background task (memory: the sweeper; Redis: the entry counter) runs in
+    /// `tasks`, and stops at shutdown.
+    pub async fn start(config: &Config, tasks: &Tasks) -> Result<Option<RenewCache>, ConfigError> {
         let cache = &config.cache;
         if !cache.enabled {
             return Ok(None);
@@ -149,9 +160,9 @@ impl RenewCache {
             max_ttl: cache.max_ttl,
         };
         Ok(Some(match cache.backend {
-            CacheBackend::Memory => RenewCache::memory(cache.max_entries, lifetime, bound),
+            CacheBackend::Memory => RenewCache::memory(cache.max_entries, lifetime, bound, tasks),
             CacheBackend::Redis => {
-                let store = RedisStore::connect(&cache.redis_url, bound, REDIS_WARM_UP)
+                let store = RedisStore::connect(&cache.redis_url, bound, REDIS_WARM_UP, tasks)
                     .await
                     .map_err(|msg| {
                         ConfigError::new(&config.source, Some("cache.redis_url".into()), msg)
@@ -161,10 +172,15 @@ impl RenewCache {
         }))
     }
 
-    /// A memory cache (with its sweeper: call inside a Tokio runtime).
-    pub fn memory(max_entries: usize, lifetime: Lifetime, flight_bound: Duration) -> RenewCache {
+    /// A memory cache (with its sweeper, in `tasks`: call inside a Tokio runtime).
+    pub fn memory(
+        max_entries: usize,
+        lifetime: Lifetime,
+        flight_bound: Duration,
+        tasks: &Tasks,
+    ) -> RenewCache {
         let store = Arc::new(MemoryStore::new(max_entries, flight_bound));
-        memory::spawn_sweeper(Arc::downgrade(&store));
+        memory::spawn_sweeper(Arc::downgrade(&store), tasks);
         RenewCache::new(Backend::Memory(store), lifetime, flight_bound)
     }
 
@@ -172,8 +188,10 @@ impl RenewCache {
         RenewCache {
             backend,
             flights: Flights::default(),
-            lifetime,
-            flight_bound,
+            tuning: ArcSwap::from_pointee(Tuning {
+                lifetime,
+                flight_bound,
+            }),
         }
     }
 
@@ -184,6 +202,32 @@ impl RenewCache {
             Backend::Memory(_) => None,
             Backend::Redis(r) => Some(r.clone()),
         }
+    }
+
+    /// Applies a reloaded config's `[cache]` tuning and upstream timeouts; entries
+    /// already stored keep the lifetime they were stored with.
+    pub fn retune(&self, config: &Config) {
+        let cache = &config.cache;
+        let tuning = Tuning {
+            lifetime: Lifetime {
+                min_remaining: cache.min_remaining,
+                max_ttl: cache.max_ttl,
+            },
+            flight_bound: flight_bound(config),
+        };
+        match &self.backend {
+            Backend::Memory(m) => m.retune(cache.max_entries, tuning.flight_bound),
+            Backend::Redis(r) => r.retune(tuning.flight_bound),
+        }
+        self.tuning.store(Arc::new(tuning));
+    }
+
+    fn lifetime(&self) -> Lifetime {
+        self.tuning.load().lifetime
+    }
+
+    fn flight_bound(&self) -> Duration {
+        self.tuning.load().flight_bound
     }
 
     /// Entries held: exact for memory; for Redis, across all replicas as last
@@ -317,6 +361,7 @@ mod tests {
                 max_ttl: Duration::from_secs(1800),
             },
             Duration::from_secs(5),
+            &crate::tasks::Tasks::new(),
         )
     }
 

@@ -89,9 +89,9 @@ pub struct RedisStore {
     /// Live entries across all replicas, as last counted.
     entries: AtomicUsize,
     /// The lock's lifetime: the longest a flight can run.
-    lock_ms: u64,
+    lock_ms: AtomicU64,
     /// How long an invalidated upload refuses stores.
-    gone_ms: u64,
+    gone_ms: AtomicU64,
 }
 
 impl RedisStore {
@@ -102,6 +102,7 @@ impl RedisStore {
         url: &str,
         flight_bound: Duration,
         warm_up: Duration,
+        tasks: &crate::tasks::Tasks,
     ) -> Result<Arc<RedisStore>, String> {
         // The URL may hold a password: errors describe, never echo it.
         let client = redis::Client::open(url)
@@ -119,8 +120,8 @@ impl RedisStore {
             scripts: Scripts::new(),
             breaker: Breaker::new(),
             entries: AtomicUsize::new(0),
-            lock_ms: ms(flight_bound),
-            gone_ms: ms(flight_bound),
+            lock_ms: AtomicU64::new(ms(flight_bound)),
+            gone_ms: AtomicU64::new(ms(flight_bound)),
         });
         let mut conn = store.conn.clone();
         let ping_cmd = redis::cmd("PING");
@@ -135,8 +136,14 @@ impl RedisStore {
                 "cache: Redis did not answer in time; serving from the upstream until it does",
             ),
         }
-        spawn_counter(Arc::downgrade(&store));
+        spawn_counter(Arc::downgrade(&store), tasks);
         Ok(store)
+    }
+
+    /// A new flight bound (reload): the lock's and the invalidation's lifetime.
+    pub fn retune(&self, flight_bound: Duration) {
+        self.lock_ms.store(ms(flight_bound), Ordering::Relaxed);
+        self.gone_ms.store(ms(flight_bound), Ordering::Relaxed);
     }
 
     /// Live entries across all replicas, as last counted (every few seconds).
@@ -199,7 +206,7 @@ impl RedisStore {
                     .key(&lock)
                     .arg(&variant)
                     .arg(flight)
-                    .arg(self.lock_ms)
+                    .arg(self.lock_ms.load(Ordering::Relaxed))
                     .arg(now_ms())
                     .invoke_async(&mut conn)
                     .await
@@ -321,7 +328,7 @@ impl RedisStore {
                     .key(&gone)
                     .key(index_key())
                     .arg(upload_hex)
-                    .arg(self.gone_ms)
+                    .arg(self.gone_ms.load(Ordering::Relaxed))
                     .invoke_async(&mut conn)
                     .await
             })
@@ -386,13 +393,17 @@ impl RedisStore {
     }
 }
 
-/// Refreshes the entries gauge every [`COUNT_EVERY`] until the store is dropped.
-fn spawn_counter(store: Weak<RedisStore>) {
-    tokio::spawn(async move {
+/// Refreshes the entries gauge every [`COUNT_EVERY`] until the store is dropped
+/// or the gateway stops.
+fn spawn_counter(store: Weak<RedisStore>, tasks: &crate::tasks::Tasks) {
+    tasks.spawn("cache-redis-counter", move |cancel| async move {
         let mut tick = tokio::time::interval(COUNT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
             let Some(store) = store.upgrade() else {
                 return;
             };

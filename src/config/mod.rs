@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub max_connections: usize,
     pub max_in_flight: usize,
+    /// The main listener's listen queue; fixed for the process.
+    pub listen_backlog: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +105,16 @@ pub struct UpstreamConfig {
     pub credential: CredentialMode,
     /// `upstream.token_period`: the `period` asked of SMH for managed tokens.
     pub token_period: Duration,
+    /// The client certificate presented to an https upstream (mTLS).
+    pub client_auth: Option<ClientAuthFiles>,
+}
+
+/// `upstream.client_cert` / `upstream.client_key`: PEM paths, read when the
+/// upstream client is built (at start and on every reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuthFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Which access_token the gateway sends upstream (SPEC §5).
@@ -257,6 +269,48 @@ pub fn parse_alg(name: &str) -> Option<Algorithm> {
 /// Clock skew tolerated at most; more would make `exp` meaningless.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(3600);
 
+/// The largest `server.listen_backlog` accepted (Linux caps it further at
+/// `net.core.somaxconn`).
+pub const MAX_LISTEN_BACKLOG: u32 = 65_535;
+
+/// The settings fixed for the life of the process (SPEC §15): the sockets bound at
+/// start and the cache backend connected at start. A reload whose file changes one
+/// of them is refused as a whole; everything else in [`Config`] is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fixed {
+    pub listen: SocketAddr,
+    pub listen_backlog: u32,
+    pub admin_listen: SocketAddr,
+    pub cache_enabled: bool,
+    pub cache_backend: CacheBackend,
+    pub cache_redis_url: String,
+}
+
+impl Fixed {
+    /// The dotted keys whose values differ between `self` (running) and `new`.
+    pub fn changes(&self, new: &Fixed) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |changed: bool, key| {
+            if changed {
+                keys.push(key);
+            }
+        };
+        check(self.listen != new.listen, "server.listen");
+        check(
+            self.listen_backlog != new.listen_backlog,
+            "server.listen_backlog",
+        );
+        check(self.admin_listen != new.admin_listen, "admin.listen");
+        check(self.cache_enabled != new.cache_enabled, "cache.enabled");
+        check(self.cache_backend != new.cache_backend, "cache.backend");
+        check(
+            self.cache_redis_url != new.cache_redis_url,
+            "cache.redis_url",
+        );
+        keys
+    }
+}
+
 /// Global traffic_limit defaults (SPEC §4): 100 KiB/s to 100 MiB/s.
 pub const TRAFFIC_LIMIT_MIN: u64 = 102_400;
 pub const TRAFFIC_LIMIT_MAX: u64 = 104_857_600;
@@ -280,6 +334,18 @@ impl Config {
         self.library(library)
             .map(|l| &l.traffic_limit)
             .unwrap_or(&self.traffic_limit)
+    }
+
+    /// The part of this config that a reload cannot change.
+    pub fn fixed(&self) -> Fixed {
+        Fixed {
+            listen: self.server.listen,
+            listen_backlog: self.server.listen_backlog,
+            admin_listen: self.admin.listen,
+            cache_enabled: self.cache.enabled,
+            cache_backend: self.cache.backend,
+            cache_redis_url: self.cache.redis_url.clone(),
+        }
     }
 
     pub fn library(&self, id: &str) -> Option<&LibraryConfig> {
@@ -429,6 +495,15 @@ impl Validator<'_> {
             max_body_bytes: self.count("server.max_body_bytes", s.max_body_bytes, 0)?,
             max_connections: self.count("server.max_connections", s.max_connections, 1)?,
             max_in_flight: self.count("server.max_in_flight", s.max_in_flight, 1)?,
+            listen_backlog: u32::try_from(s.listen_backlog)
+                .ok()
+                .filter(|b| (1..=MAX_LISTEN_BACKLOG).contains(b))
+                .ok_or_else(|| {
+                    self.err(
+                        "server.listen_backlog",
+                        format!("must be 1..={MAX_LISTEN_BACKLOG}, got {}", s.listen_backlog),
+                    )
+                })?,
         })
     }
 
@@ -514,6 +589,25 @@ impl Validator<'_> {
                 .transpose()?,
             credential,
             token_period,
+            client_auth: match (&u.client_cert, &u.client_key) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => Some(ClientAuthFiles {
+                    cert: self.path("upstream.client_cert", cert)?,
+                    key: self.path("upstream.client_key", key)?,
+                }),
+                (Some(_), None) => {
+                    return Err(self.err(
+                        "upstream.client_key",
+                        "required when upstream.client_cert is set",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(self.err(
+                        "upstream.client_cert",
+                        "required when upstream.client_key is set",
+                    ));
+                }
+            },
         })
     }
 

@@ -32,6 +32,7 @@ pub struct RawServer {
     pub max_body_bytes: u64,
     pub max_connections: u64,
     pub max_in_flight: u64,
+    pub listen_backlog: u64,
 }
 
 impl Default for RawServer {
@@ -48,6 +49,7 @@ impl Default for RawServer {
             max_body_bytes: 1048576,
             max_connections: 10000,
             max_in_flight: 4096,
+            listen_backlog: 4096,
         }
     }
 }
@@ -78,6 +80,8 @@ pub struct RawUpstream {
     pub credential_claim: String,
     pub credential_env: String,
     pub token_period: String,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 impl Default for RawUpstream {
@@ -92,6 +96,8 @@ impl Default for RawUpstream {
             credential_claim: "smh_token".into(),
             credential_env: "SMH_ACCESS_TOKEN".into(),
             token_period: "1h".into(),
+            client_cert: None,
+            client_key: None,
         }
     }
 }

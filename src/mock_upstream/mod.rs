@@ -65,6 +65,35 @@ pub enum Behaviour {
     Delay(Duration),
     /// Close the connection without answering.
     Hangup,
+    /// Wait until the gate is opened, then answer like SMH (tests that need a
+    /// request in flight for as long as they say).
+    Hold(Gate),
+}
+
+/// Held answers wait on this until [`Gate::open`].
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::Semaphore>);
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Lets every held answer, and every later one, through.
+    pub fn open(&self) {
+        self.0.close();
+    }
+
+    async fn wait(&self) {
+        // Closing the semaphore wakes every waiter with an error: that is the signal.
+        let _ = self.0.acquire().await;
+    }
 }
 
 #[derive(Debug)]
@@ -228,6 +257,10 @@ async fn answer(
         )),
         Behaviour::Delay(d) => {
             tokio::time::sleep(d).await;
+            Ok(lock(&state.smh).answer(&received))
+        }
+        Behaviour::Hold(gate) => {
+            gate.wait().await;
             Ok(lock(&state.smh).answer(&received))
         }
         // An error from the service makes hyper drop the connection unanswered.

@@ -39,7 +39,7 @@ use crate::secret::Secret;
 use cache::VerifiedCache;
 pub use files::{hmac_secret, read_secret_file};
 pub use keys::{JwksStats, KeySet, KeySources, KeyStore, Readiness};
-pub use source::spawn_refresh;
+pub use source::refresh_loop;
 
 /// Minimum HMAC secret length (SPEC §2): shorter secrets are brute-forceable.
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;

@@ -31,6 +31,8 @@ use tokio::sync::watch;
 
 use super::ResponseBody;
 use super::policy::Permissions;
+use arc_swap::ArcSwap;
+
 use super::upstream::{ReadBody, Upstream, UpstreamRequest, read_body};
 use crate::cache::now_ms;
 use crate::cache::redis::RedisStore;
@@ -340,7 +342,9 @@ struct State {
 /// The gateway's SMH tokens: held in memory (and Redis), obtained once per
 /// identity however many requests ask at once.
 pub struct TokenManager {
-    upstream: Arc<Upstream>,
+    /// The upstream of the settings in force: a reload that rebuilds the client
+    /// swaps it here too ([`TokenManager::use_upstream`]).
+    upstream: ArcSwap<Upstream>,
     redis: Option<Arc<RedisStore>>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -354,12 +358,17 @@ impl TokenManager {
         metrics: Arc<Metrics>,
     ) -> TokenManager {
         TokenManager {
-            upstream,
+            upstream: ArcSwap::new(upstream),
             redis,
             metrics,
             state: Mutex::new(State::default()),
             max_held: MAX_HELD,
         }
+    }
+
+    /// Token calls from now on go through `upstream` (a reloaded config's client).
+    pub fn use_upstream(&self, upstream: Arc<Upstream>) {
+        self.upstream.store(upstream);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -550,11 +559,11 @@ impl TokenManager {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
-        let sent = self
-            .upstream
+        let upstream = self.upstream.load_full();
+        let sent = upstream
             .send(UpstreamRequest {
                 method: Method::GET,
-                path_and_query: req.path_and_query(self.upstream.base_path()),
+                path_and_query: req.path_and_query(upstream.base_path()),
                 headers,
                 body: Bytes::new(),
             })

@@ -34,7 +34,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, AccessRecord, method_label};
@@ -42,9 +41,11 @@ use crate::cache::entry::Rest;
 use crate::cache::{Answer, CacheKey, RenewCache, Reply, Source};
 use crate::config::{Config, ConfigError, Unmatched};
 use crate::error::GatewayError;
+use crate::limit::Limit;
 use crate::metrics::{Metrics, RouteMetrics, library_label};
 use crate::request_id::RequestIds;
 use crate::secret::Secret;
+use crate::tasks::Tasks;
 use auth::{KeyStore, Verifier};
 use credentials::{Checked, TokenIdentity, TokenManager, TokenRequest};
 use rewrite::{Clamp, CredentialSource};
@@ -78,12 +79,15 @@ pub const COMMON_ROUTES: &[&str] = &[
 ];
 
 /// Everything derived from one config file, swapped as a whole on reload so that a
-/// request sees one consistent version from start to end.
+/// request sees one consistent version from start to end. The upstream client is
+/// part of it: a reload builds a new one (new URL, timeouts, CA, client
+/// certificate), and requests already running finish on the old one.
 pub struct Settings {
     pub config: Config,
     pub verifier: Verifier,
     pub credential: CredentialSource,
     pub router: Router,
+    pub upstream: Arc<Upstream>,
 }
 
 impl Settings {
@@ -99,6 +103,7 @@ impl Settings {
             )
         })?;
         Ok(Settings {
+            upstream: Arc::new(Upstream::new(&config.upstream, &config.source)?),
             verifier: Verifier::from_config(&config)?,
             credential: CredentialSource::from_config(&config)?,
             router,
@@ -181,12 +186,14 @@ pub struct Gateway {
     settings: ArcSwap<Settings>,
     /// The keys tokens are verified with; outlives reloads (JWKS sets stay fetched).
     keys: Arc<KeyStore>,
-    upstream: Arc<Upstream>,
     /// `None` while `cache.enabled = false`.
     cache: Option<RenewCache>,
-    in_flight: Semaphore,
+    /// `server.max_in_flight`, its capacity following reload.
+    in_flight: Limit,
     request_ids: RequestIds,
     access_log: AccessLog,
+    /// Where background tasks are spawned, so that shutdown stops them.
+    tasks: Tasks,
     metrics: Arc<Metrics>,
     unmatched: RouteMetrics,
     /// SMH tokens obtained with library secrets (`upstream.credential =
@@ -197,9 +204,9 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(
         settings: Settings,
-        upstream: Upstream,
         access_log: AccessLog,
         cache: Option<RenewCache>,
+        tasks: Tasks,
     ) -> Gateway {
         let libraries: Vec<String> = settings
             .config
@@ -207,30 +214,30 @@ impl Gateway {
             .iter()
             .map(|l| l.id.clone())
             .collect();
-        let max_in_flight = settings
-            .config
-            .server
-            .max_in_flight
-            .min(Semaphore::MAX_PERMITS);
+        let max_in_flight = settings.config.server.max_in_flight;
         let metrics = Arc::new(Metrics::new(&libraries, COMMON_ROUTES));
-        let upstream = Arc::new(upstream);
         let tokens = Arc::new(TokenManager::new(
-            upstream.clone(),
+            settings.upstream.clone(),
             cache.as_ref().and_then(RenewCache::redis),
             metrics.clone(),
         ));
         Gateway {
             keys: Arc::new(KeyStore::new(settings.verifier.key_sources())),
             settings: ArcSwap::from_pointee(settings),
-            upstream,
             tokens,
             cache,
-            in_flight: Semaphore::new(max_in_flight),
+            in_flight: Limit::new(max_in_flight),
             request_ids: RequestIds::new(),
             access_log,
+            tasks,
             unmatched: metrics.route(UNMATCHED),
             metrics,
         }
+    }
+
+    /// The background-task registry ([`crate::tasks`]).
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -264,6 +271,9 @@ impl Gateway {
     /// their fetched sets).
     pub fn replace_settings(&self, settings: Settings) {
         self.keys.reconfigure(settings.verifier.key_sources());
+        self.tokens.use_upstream(settings.upstream.clone());
+        self.in_flight
+            .set_capacity(settings.config.server.max_in_flight);
         self.settings.store(Arc::new(settings));
     }
 
@@ -412,8 +422,8 @@ impl Gateway {
         check_limits(config, &req)?;
         let _permit = self
             .in_flight
-            .try_acquire()
-            .map_err(|_| GatewayError::ServerOverloaded)?;
+            .try_take()
+            .ok_or(GatewayError::ServerOverloaded)?;
 
         // Phase 1: route (and the request syntax of path, query and body).
         let (parts, body) = req.into_parts();
@@ -542,8 +552,11 @@ impl Gateway {
         // The upstream request, built only when it is sent: a cache hit never pays
         // for it.
         let build = |headers: HeaderMap| {
-            let mut target =
-                rewrite::upstream_path(self.upstream.base_path(), &op.route.template, &op.values);
+            let mut target = rewrite::upstream_path(
+                settings.upstream.base_path(),
+                &op.route.template,
+                &op.values,
+            );
             target.push('?');
             target.push_str(&rewrite::upstream_query(
                 &op,
@@ -588,6 +601,7 @@ impl Gateway {
             let headers = parts.headers;
             return self
                 .renew(
+                    &settings.upstream,
                     cache,
                     key,
                     parts.method,
@@ -606,9 +620,9 @@ impl Gateway {
             body,
         };
         let resp = match managed {
-            None => self.send(req, &route_metrics, ctx).await?,
+            None => self.send(&settings.upstream, req, &route_metrics, ctx).await?,
             Some((request, token)) => {
-                self.send_managed(req, &request, token, &route_metrics, ctx)
+                self.send_managed(&settings.upstream, req, &request, token, &route_metrics, ctx)
                     .await?
             }
         };
@@ -631,9 +645,12 @@ impl Gateway {
     /// A renew through the cache: the answer is buffered (it is shared by coalesced
     /// callers and stored), and carries `X-Cache`. `managed`: the SMH token the
     /// flight sends, and what to ask for a fresh one should SMH refuse it.
+    // The upstream comes with the request's settings (a reload swaps it), so it
+    // is one more argument than clippy's default.
     #[allow(clippy::too_many_arguments)]
     async fn renew(
         &self,
+        upstream: &Arc<Upstream>,
         cache: &RenewCache,
         key: CacheKey,
         method: http::Method,
@@ -652,7 +669,7 @@ impl Gateway {
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
-            let (upstream, metrics) = (self.upstream.clone(), self.metrics.clone());
+            let (upstream, metrics) = (upstream.clone(), self.metrics.clone());
             let tokens = self.tokens.clone();
             async move {
                 let Some((request, token)) = managed else {
@@ -715,7 +732,7 @@ impl Gateway {
                 let body = upstream::StreamedBody::after(
                     Some(answer.body.clone()),
                     rest,
-                    self.upstream.timeout(),
+                    upstream.timeout(),
                 );
                 let mut resp = Response::new(Either::Right(body));
                 *resp.status_mut() = answer.status;
@@ -743,6 +760,7 @@ impl Gateway {
     /// (`Bytes`), so it can be sent twice; only a 403's answer is read here.
     async fn send_managed(
         &self,
+        upstream: &Arc<Upstream>,
         req: UpstreamRequest,
         request: &TokenRequest,
         token: Secret,
@@ -756,13 +774,13 @@ impl Gateway {
             body: req.body.clone(),
         };
         let first = req.path_and_query.clone();
-        let resp = self.send(req, route_metrics, ctx).await?;
+        let resp = self.send(upstream, req, route_metrics, ctx).await?;
         if let Checked::Pass(resp) = credentials::check_refusal(resp).await? {
             return Ok(resp);
         }
         let fresh = self.tokens.replace(request, &token).await?;
         again.path_and_query = rewrite::replace_access_token(&first, &token, &fresh);
-        let resp = self.send(again, route_metrics, ctx).await?;
+        let resp = self.send(upstream, again, route_metrics, ctx).await?;
         match credentials::check_refusal(resp).await? {
             Checked::Pass(resp) => Ok(resp),
             Checked::Refused => {
@@ -777,12 +795,13 @@ impl Gateway {
     /// Sends a request upstream and streams the answer back.
     async fn send(
         &self,
+        upstream: &Upstream,
         req: UpstreamRequest,
         route_metrics: &RouteMetrics,
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let started = Instant::now();
-        let sent = self.upstream.send(req).await;
+        let sent = upstream.send(req).await;
         // Until the response head: the body streams through afterwards.
         self.metrics.upstream(route_metrics, started.elapsed());
         let (resp, _) = sent?;
@@ -790,7 +809,7 @@ impl Gateway {
         ctx.upstream_status = Some(resp.status().as_u16());
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let body = upstream::StreamedBody::new(body, self.upstream.timeout());
+        let body = upstream::StreamedBody::new(body, upstream.timeout());
         Ok(Response::from_parts(parts, Either::Right(body)))
     }
 
@@ -821,13 +840,14 @@ impl Gateway {
             .unwrap_or("/");
         let path_and_query = format!(
             "{}{}",
-            self.upstream.base_path().trim_end_matches('/'),
+            settings.upstream.base_path().trim_end_matches('/'),
             target
         );
         let headers =
             headers::upstream_request_headers(parts.headers, client.addr, client.proto, request_id);
         let unmatched = self.unmatched.clone();
         self.send(
+            &settings.upstream,
             UpstreamRequest {
                 method: parts.method,
                 path_and_query,

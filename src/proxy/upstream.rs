@@ -1,5 +1,6 @@
 //! Phase 5, upstream: one pooled keep-alive client (hyper-util over a rustls
-//! connector, so `https://` upstreams work with webpki roots or `upstream.ca_file`),
+//! connector, so `https://` upstreams work with webpki roots or `upstream.ca_file`,
+//! presenting `upstream.client_cert` when the upstream asks for one),
 //! the timeouts of SPEC §5, and the mapping of transport failures to 502/504.
 //!
 //! Retries happen only when the connection failed before any byte of the request
@@ -21,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, UpstreamConfig};
+use crate::config::{ClientAuthFiles, ConfigError, UpstreamConfig};
 use crate::error::{GatewayError, UpstreamFailure};
 
 /// Largest upstream body the gateway buffers (renew answers are a few hundred bytes).
@@ -175,9 +176,56 @@ pub async fn read_body(mut body: Incoming, deadline: Instant) -> Result<ReadBody
 fn tls_config(cfg: &UpstreamConfig, file: &Path) -> Result<rustls::ClientConfig, ConfigError> {
     let err = |msg: String| ConfigError::new(file, Some("upstream.ca_file".into()), msg);
     let roots = crate::tls_client::roots(cfg.ca_file.as_deref()).map_err(err)?;
-    Ok(crate::tls_client::builder(roots)
-        .map_err(err)?
-        .with_no_client_auth())
+    let builder = crate::tls_client::builder(roots).map_err(err)?;
+    match &cfg.client_auth {
+        None => Ok(builder.with_no_client_auth()),
+        Some(files) => {
+            let (certs, key) = client_identity(files, file)?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                ConfigError::new(
+                    file,
+                    Some("upstream.client_key".into()),
+                    format!("client certificate and key do not fit: {e}"),
+                )
+            })
+        }
+    }
+}
+
+/// `upstream.client_cert` (a chain, leaf first) and `upstream.client_key`.
+fn client_identity(
+    files: &ClientAuthFiles,
+    file: &Path,
+) -> Result<
+    (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    ConfigError,
+> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let err = |key: &str, msg: String| ConfigError::new(file, Some(key.into()), msg);
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            err(
+                "upstream.client_cert",
+                format!("{}: {e}", files.cert.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(err(
+            "upstream.client_cert",
+            format!("{} holds no certificate", files.cert.display()),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        err(
+            "upstream.client_key",
+            format!("{}: {e}", files.key.display()),
+        )
+    })?;
+    Ok((certs, key))
 }
 
 /// An upstream body streamed through to the client, failing when the upstream goes

@@ -45,6 +45,8 @@ pub struct TestGateway {
     pub admin: SocketAddr,
     /// The running gateway, for calls no HTTP route reaches yet (cache invalidation).
     pub gateway: std::sync::Arc<smh_gateway::proxy::Gateway>,
+    /// Applies a new config to the running gateway, as SIGHUP does.
+    pub reloader: smh_gateway::server::Reloader,
     pub mock: MockUpstream,
     pub dir: PathBuf,
     logs: Receiver<String>,
@@ -128,6 +130,7 @@ pub async fn start_against(mock: MockUpstream, setup: Setup) -> TestGateway {
         .unwrap_or_else(|e| panic!("bind: {e}"));
     let (addr, admin) = (server.local_addr(), server.admin_addr());
     let gateway = server.gateway();
+    let reloader = server.reloader();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -136,6 +139,7 @@ pub async fn start_against(mock: MockUpstream, setup: Setup) -> TestGateway {
         addr,
         admin,
         gateway,
+        reloader,
         mock,
         dir,
         logs,
@@ -147,6 +151,18 @@ pub async fn start_against(mock: MockUpstream, setup: Setup) -> TestGateway {
 impl TestGateway {
     pub fn url(&self, target: &str) -> String {
         format!("http://{}{}", self.addr, target)
+    }
+
+    /// Rewrites the config file with `setup` (same upstream unless it names one)
+    /// and applies it, as SIGHUP does.
+    pub fn reload(&self, setup: &Setup) -> Result<(), smh_gateway::server::ReloadError> {
+        let url = setup
+            .upstream_url
+            .clone()
+            .unwrap_or_else(|| self.mock.url());
+        let path = self.dir.join("gateway.toml");
+        std::fs::write(&path, config_text(&self.dir, &url, setup)).unwrap();
+        self.reloader.reload_file(&path)
     }
 
     /// POST a renew for `lib1/-/ck1` with this query after `renew&`.

@@ -22,7 +22,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use jsonwebtoken::jwk::Jwk;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -317,8 +316,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The background refresh of every JWKS URL set: each is fetched when due (at
 /// start, then per its `refresh` or `max-age`, sooner after a failure), and a
 /// reload that adds sets wakes it. Ends when `cancel` is cancelled.
-pub fn spawn_refresh(keys: Arc<KeyStore>, cancel: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
+/// Runs as the `jwks-refresh` task of [`crate::tasks`].
+pub async fn refresh_loop(keys: Arc<KeyStore>, cancel: CancellationToken) {
+    {
         loop {
             let round = async {
                 for source in keys.sources() {
@@ -343,7 +343,7 @@ pub fn spawn_refresh(keys: Arc<KeyStore>, cancel: CancellationToken) -> JoinHand
                 _ = keys.wake.notified() => {}
             }
         }
-    })
+    }
 }
 
 #[cfg(test)]
