@@ -31,6 +31,7 @@ pub mod redis;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -111,6 +112,24 @@ pub struct RenewCache {
     /// The longest a flight can run: upstream attempts times `upstream.timeout`,
     /// plus a margin. Bounds the Redis lock and remote waiting.
     flight_bound: Duration,
+    /// Lookups waiting for a flight's answer right now (leaders included).
+    waiting: AtomicUsize,
+}
+
+/// Counts a lookup as waiting until its answer came or its request went away.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(n: &'a AtomicUsize) -> Waiting<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The longest one upstream exchange of a renew can take, retries included.
@@ -174,7 +193,15 @@ impl RenewCache {
             flights: Flights::default(),
             lifetime,
             flight_bound,
+            waiting: AtomicUsize::new(0),
         }
+    }
+
+    /// Lookups waiting for a flight right now, on this replica: a test holding the
+    /// upstream's answer sees every caller of a burst waiting here, on one flight,
+    /// rather than guessing from timing.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// Entries held: exact for memory; for Redis, across all replicas as last
@@ -227,9 +254,12 @@ impl RenewCache {
             }
         };
 
-        let done = match slot.wait_for(Option::is_some).await {
-            Ok(done) => done.clone(),
-            Err(_) => None,
+        let done = {
+            let _waiting = Waiting::enter(&self.waiting);
+            match slot.wait_for(Option::is_some).await {
+                Ok(done) => done.clone(),
+                Err(_) => None,
+            }
         };
         // A flight that vanished without an answer panicked: answer as for a
         // broken upstream exchange rather than hang or guess.
