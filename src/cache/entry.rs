@@ -242,6 +242,7 @@ fn error_tag(e: &GatewayError) -> &'static str {
         E::UpstreamTimeout => "timeout",
         E::UpstreamUnavailable(UpstreamFailure::Connect) => "connect",
         E::UpstreamUnavailable(UpstreamFailure::Invalid) => "invalid",
+        E::UpstreamOverloaded => "overloaded",
         E::RouteNotFound
         | E::ParamInvalid(_)
         | E::EmptyAccessToken
@@ -267,6 +268,7 @@ fn error_from_tag(tag: &[u8]) -> GatewayError {
     match tag {
         b"timeout" => GatewayError::UpstreamTimeout,
         b"connect" => GatewayError::UpstreamUnavailable(UpstreamFailure::Connect),
+        b"overloaded" => GatewayError::UpstreamOverloaded,
         _ => GatewayError::UpstreamUnavailable(UpstreamFailure::Invalid),
     }
 }

@@ -659,6 +659,8 @@ impl Gateway {
         let upstream = self.upstream.clone();
         let metrics = self.metrics.clone();
         async move {
+            // Taken here, in the flight's task: held until the body is read.
+            let _permit = upstream.permit(&metrics)?;
             let started = Instant::now();
             let sent = upstream
                 .send(UpstreamRequest {
@@ -701,6 +703,7 @@ impl Gateway {
         route_metrics: &RouteMetrics,
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
+        let permit = self.upstream.permit(&self.metrics)?;
         let started = Instant::now();
         let sent = self.upstream.send(req).await;
         // Until the response head: the body streams through afterwards.
@@ -710,7 +713,7 @@ impl Gateway {
         ctx.upstream_status = Some(resp.status().as_u16());
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let body = upstream::StreamedBody::new(body, self.upstream.timeout());
+        let body = upstream::StreamedBody::new(body, self.upstream.timeout()).holding(permit);
         Ok(Response::from_parts(parts, Either::Right(body)))
     }
 
