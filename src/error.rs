@@ -109,6 +109,10 @@ pub enum GatewayError {
     },
     UpstreamUnavailable(UpstreamFailure),
     ServerOverloaded,
+    /// `upstream.max_in_flight` exchanges already running (counted where refused,
+    /// in `smh_gateway_upstream_refused_total`: a coalesced flight's refusal may
+    /// reach no client).
+    UpstreamOverloaded,
     UpstreamTimeout,
 }
 
@@ -308,6 +312,13 @@ impl GatewayError {
                 "overloaded",
                 Request,
             ),
+            E::UpstreamOverloaded => class(
+                S::SERVICE_UNAVAILABLE,
+                "ServerOverloaded",
+                "too many upstream requests at once, retry later",
+                "upstream_overloaded",
+                Request,
+            ),
             E::UpstreamTimeout => class(
                 S::GATEWAY_TIMEOUT,
                 "UpstreamTimeout",
@@ -471,6 +482,7 @@ mod tests {
             (GatewayError::ReadRequestTimeout, 408, "ReadRequestTimeout"),
             (GatewayError::ClientClosed, 499, "ClientDisconnected"),
             (GatewayError::ServerOverloaded, 503, "ServerOverloaded"),
+            (GatewayError::UpstreamOverloaded, 503, "ServerOverloaded"),
             (GatewayError::UpstreamTimeout, 504, "UpstreamTimeout"),
         ];
         for (err, status, code) in table {

@@ -122,6 +122,7 @@ pub struct Metrics {
     in_flight: IntGauge,
     connections: IntGauge,
     access_log_dropped: IntCounter,
+    upstream_refused: IntCounter,
     connection_errors: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
@@ -329,6 +330,14 @@ impl Metrics {
         registry
             .register(Box::new(access_log_dropped.clone()))
             .expect("metric registered once");
+        let upstream_refused = IntCounter::new(
+            "smh_gateway_upstream_refused_total",
+            "Upstream exchanges not started because upstream.max_in_flight were already running (the request got 503 ServerOverloaded).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upstream_refused.clone()))
+            .expect("metric registered once");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "smh_gateway_build_info",
@@ -431,6 +440,7 @@ impl Metrics {
             in_flight,
             connections,
             access_log_dropped,
+            upstream_refused,
             connection_errors,
         };
         for route in common_routes {
@@ -564,6 +574,11 @@ impl Metrics {
         &self.connections
     }
 
+    /// An upstream exchange refused at `upstream.max_in_flight`.
+    pub fn upstream_refused(&self) {
+        self.upstream_refused.inc();
+    }
+
     pub fn set_access_log_dropped(&self, total: u64) {
         let now = self.access_log_dropped.get();
         if total > now {
@@ -648,6 +663,7 @@ mod tests {
             "smh_gateway_jwks_refresh_total{result=\"failure\"} 0",
             "smh_gateway_jwks_keys 0",
             "smh_gateway_jwks_age_seconds 0",
+            "smh_gateway_upstream_refused_total 0",
             "smh_gateway_build_info{version=\"",
         ] {
             assert!(t.contains(name), "missing {name}\n{t}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use http::Method;
-use smh_gateway::mock_upstream::{Behaviour, MockUpstream};
+use smh_gateway::mock_upstream::MockUpstream;
 
 /// POST to a gateway by address (for the binary, which the harness does not wrap).
 async fn post(addr: std::net::SocketAddr, target: &str) -> Resp {
@@ -183,7 +183,9 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    mock.set_behaviour(Behaviour::Delay(Duration::from_millis(1500)));
+    // The upstream holds its answer until the drain has been checked: the request
+    // is provably in flight throughout, however slow the machine.
+    mock.hold();
     let dir = temp_dir("drain");
     let path = write_config(&dir, &mock.url(), &Setup::default());
     let mut gw = BinGateway::spawn(&path, &[]);
@@ -197,24 +199,32 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     );
     let in_flight =
         tokio::spawn(async move { send(Method::POST, &url, &[], bytes::Bytes::new()).await });
-    for _ in 0..200 {
-        if mock.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(mock.count(), 1, "request did not reach the upstream");
+    until("the request reached the upstream", || mock.active() == 1).await;
     gw.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Draining: not ready, and no new connections on the main port.
-    let ready = get(gw.admin, "/readyz").await;
-    assert_eq!(ready.status, 503);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while get(gw.admin, "/readyz").await.status != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz still 200 {PATIENCE:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(gw.addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "main listener still accepts {PATIENCE:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
-        tokio::net::TcpStream::connect(gw.addr).await.is_err(),
-        "main listener still accepts"
+        !in_flight.is_finished(),
+        "the held request was answered early"
     );
 
+    mock.release();
     let resp = in_flight.await.unwrap();
     assert_eq!(
         resp.status,
@@ -253,33 +263,33 @@ async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
     };
     write_config(&dir, &mock.url(), &only_lib2);
     gw.signal("HUP");
-    let mut status = 0;
-    for _ in 0..100 {
-        status = send(Method::POST, &url, &[], bytes::Bytes::new())
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = send(Method::POST, &url, &[], bytes::Bytes::new())
             .await
             .status
             .as_u16();
         if status == 404 {
             break;
         }
+        assert_eq!(
+            status, 200,
+            "before the reload takes effect, the old config"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reload did not take effect"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(status, 404, "reload did not take effect");
 
     // A broken file is refused; the running config stays.
     std::fs::write(&path, "this is not toml [").unwrap();
     gw.signal("HUP");
-    for _ in 0..100 {
-        if gw.stderr_text().contains("reload failed") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        gw.stderr_text().contains("reload failed"),
-        "{}",
-        gw.stderr_text()
-    );
+    until("the bad reload was reported", || {
+        gw.stderr_text().contains("reload failed")
+    })
+    .await;
     assert_eq!(
         send(Method::POST, &url, &[], bytes::Bytes::new())
             .await

@@ -14,8 +14,6 @@ mod dashboard;
 mod exposition;
 #[path = "metrics/prometheus.rs"]
 mod prometheus;
-#[path = "metrics/served.rs"]
-mod served;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -30,7 +28,6 @@ use smh_gateway::mock_upstream::{Behaviour, MockUpstream};
 use dashboard::dashboard_queries_return_data;
 use exposition::{FAMILIES, counters_above_zero, family, scrape, series_key, value};
 use prometheus::{Prometheus, promtool};
-use served::Served;
 
 const LIB1: &str = "[[libraries]]\nid = \"lib1\"\n";
 
@@ -335,7 +332,7 @@ async fn no_token_user_id_or_confirm_key_reaches_metrics_or_logs() {
     };
     let config = dir.join("gateway.toml");
     std::fs::write(&config, config_text(&dir, &mock.url(), &setup)).unwrap();
-    let mut gw = Served::start(&config);
+    let mut gw = BinGateway::spawn(&config, &[]);
 
     let lib = format!("lib-{MARK}");
     let user = format!("user-{MARK}");

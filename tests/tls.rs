@@ -92,19 +92,47 @@ async fn gateway_serves_https_over_http1_and_http2() {
 }
 
 #[tokio::test]
-async fn plain_http_to_a_tls_port_gets_nothing() {
+async fn plain_http_to_a_tls_port_gets_no_http_answer() {
+    // A request that a plain-HTTP gateway answers 200: the control shows that
+    // these bytes do get an HTTP answer when TLS is off.
+    let request = format!(
+        "POST /api/v1/file/lib1/-/ck1?renew&access_token={} HTTP/1.1\r\nHost: x\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n",
+        token()
+    );
+    let plain = start().await;
+    let out = raw(plain.addr, request.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    assert_eq!(plain.mock.count(), 1);
+
+    // With TLS on, the same bytes are a failed handshake: no HTTP at all comes
+    // back (at most a TLS alert record), and nothing reaches the upstream.
     let gw = start_with(Setup {
         server: tls_server(),
         ..Setup::default()
     })
     .await;
-    let out = raw(
-        gw.addr,
-        b"POST /api/v1/file/lib1/-/ck1?renew HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .await;
-    assert!(!out.contains("200 OK"), "{out}");
+    let out = raw(gw.addr, request.as_bytes()).await;
+    assert!(
+        !out.contains("HTTP/"),
+        "an HTTP answer on a TLS port: {out:?}"
+    );
+    assert!(
+        out.is_empty() || out.as_bytes()[0] == 0x15,
+        "neither nothing nor a TLS alert: {out:?}"
+    );
     assert_eq!(gw.mock.count(), 0);
+    // The port still speaks TLS afterwards.
+    let url = format!(
+        "https://localhost:{}/api/v1/file/lib1/-/ck1?renew&access_token={}",
+        gw.addr.port(),
+        token()
+    );
+    assert_eq!(https_get(&url, false).await.0, 200);
+    assert_eq!(
+        gw.mock.last().unwrap().headers["x-forwarded-proto"],
+        "https"
+    );
 }
 
 #[tokio::test]

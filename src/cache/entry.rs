@@ -243,6 +243,7 @@ fn error_tag(e: &GatewayError) -> &'static str {
         E::UpstreamUnavailable(UpstreamFailure::Connect) => "connect",
         E::UpstreamUnavailable(UpstreamFailure::Invalid) => "invalid",
         E::UpstreamUnavailable(UpstreamFailure::Credential) => "credential",
+        E::UpstreamOverloaded => "overloaded",
         E::RouteNotFound
         | E::ParamInvalid(_)
         | E::EmptyAccessToken
@@ -269,6 +270,7 @@ fn error_from_tag(tag: &[u8]) -> GatewayError {
         b"timeout" => GatewayError::UpstreamTimeout,
         b"connect" => GatewayError::UpstreamUnavailable(UpstreamFailure::Connect),
         b"credential" => GatewayError::UpstreamUnavailable(UpstreamFailure::Credential),
+        b"overloaded" => GatewayError::UpstreamOverloaded,
         _ => GatewayError::UpstreamUnavailable(UpstreamFailure::Invalid),
     }
 }

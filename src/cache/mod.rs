@@ -31,6 +31,7 @@ pub mod redis;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -111,6 +112,8 @@ pub struct RenewCache {
     backend: Backend,
     flights: Flights,
     tuning: ArcSwap<Tuning>,
+    /// Lookups waiting for a flight's answer right now (leaders included).
+    waiting: AtomicUsize,
 }
 
 /// The part of a cache a reload changes.
@@ -120,6 +123,22 @@ struct Tuning {
     /// The longest a flight can run: upstream attempts times `upstream.timeout`,
     /// plus a margin. Bounds the Redis lock and remote waiting.
     flight_bound: Duration,
+}
+
+/// Counts a lookup as waiting until its answer came or its request went away.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(n: &'a AtomicUsize) -> Waiting<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The longest one upstream exchange of a renew can take, retries included.
@@ -192,7 +211,15 @@ impl RenewCache {
                 lifetime,
                 flight_bound,
             }),
+            waiting: AtomicUsize::new(0),
         }
+    }
+
+    /// Lookups waiting for a flight right now, on this replica: a test holding the
+    /// upstream's answer sees every caller of a burst waiting here, on one flight,
+    /// rather than guessing from timing.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// The Redis connection, when the cache is shared through Redis (managed SMH
@@ -280,9 +307,12 @@ impl RenewCache {
             }
         };
 
-        let done = match slot.wait_for(Option::is_some).await {
-            Ok(done) => done.clone(),
-            Err(_) => None,
+        let done = {
+            let _waiting = Waiting::enter(&self.waiting);
+            match slot.wait_for(Option::is_some).await {
+                Ok(done) => done.clone(),
+                Err(_) => None,
+            }
         };
         // A flight that vanished without an answer panicked: answer as for a
         // broken upstream exchange rather than hang or guess.

@@ -101,6 +101,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub retries: u32,
+    /// Upstream exchanges at once, coalesced flights included; past it a request
+    /// is refused with 503 (an extension beyond SPEC §10).
+    pub max_in_flight: usize,
     pub ca_file: Option<PathBuf>,
     pub credential: CredentialMode,
     /// `upstream.token_period`: the `period` asked of SMH for managed tokens.
@@ -582,6 +585,7 @@ impl Validator<'_> {
                         format!("must be 0..=10, got {}", u.retries),
                     )
                 })?,
+            max_in_flight: self.count("upstream.max_in_flight", u.max_in_flight, 1)?,
             ca_file: u
                 .ca_file
                 .as_deref()

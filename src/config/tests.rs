@@ -65,6 +65,7 @@ fn assert_spec_defaults(c: &Config) {
     assert_eq!(u.connect_timeout, Duration::from_secs(2));
     assert_eq!(u.timeout, Duration::from_secs(10));
     assert_eq!(u.retries, 1);
+    assert_eq!(u.max_in_flight, 1024);
     assert!(u.ca_file.is_none());
     assert_eq!(u.credential, CredentialMode::Passthrough);
     assert_eq!(u.token_period, Duration::from_secs(3600));
@@ -286,6 +287,11 @@ fn bad_upstream_is_an_error_naming_its_key() {
             with("upstream.retries = 11"),
             Some("upstream.retries"),
             "0..=10",
+        ),
+        (
+            with("upstream.max_in_flight = 0"),
+            Some("upstream.max_in_flight"),
+            "at least 1",
         ),
         (
             with("upstream.credential = \"bearer\""),

@@ -18,13 +18,18 @@
 //! checked like SMH's, grants included (`smh/tokens.rs`).
 //!
 //! The mock records what it received, so tests can assert on exactly what the
-//! gateway forwarded, and its behaviour can be switched to fail on purpose.
+//! gateway forwarded, and its behaviour can be switched to fail on purpose. It can
+//! also hold every answer until released ([`MockUpstream::hold`]), and counts the
+//! requests it is answering at once (now and at most), so a test can prove that
+//! callers are waiting on one call, or that the gateway bounds its upstream work,
+//! without timing anything.
 
 mod smh;
 #[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,6 +41,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub use smh::confirm_key_for;
 pub use smh::tokens::IssuedToken;
@@ -101,6 +107,30 @@ struct State {
     received: Mutex<Vec<Received>>,
     behaviour: Mutex<Behaviour>,
     smh: Mutex<MockSmh>,
+    /// `true` while answers are held ([`MockUpstream::hold`]).
+    held: watch::Sender<bool>,
+    /// Requests being answered now (received, not yet answered or abandoned).
+    active: AtomicUsize,
+    /// The most ever answered at once.
+    max_active: AtomicUsize,
+}
+
+/// Counts one request as active until its answer is done or hyper drops it (the
+/// gateway hung up).
+struct Active<'a>(&'a State);
+
+impl<'a> Active<'a> {
+    fn enter(state: &'a State) -> Active<'a> {
+        let now = state.active.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_active.fetch_max(now, Ordering::SeqCst);
+        Active(state)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A lock that survives a panicking holder: the mock's state stays usable in tests.
@@ -125,6 +155,9 @@ impl MockUpstream {
                 received: Mutex::new(Vec::new()),
                 behaviour: Mutex::new(Behaviour::Smh),
                 smh: Mutex::new(MockSmh::new()),
+                held: watch::Sender::new(false),
+                active: AtomicUsize::new(0),
+                max_active: AtomicUsize::new(0),
             }),
         };
         tokio::spawn(serve(listener, mock.state.clone()));
@@ -202,6 +235,28 @@ impl MockUpstream {
     pub fn clear(&self) {
         lock(&self.state.received).clear();
     }
+
+    /// From now on every request is recorded, then waits, unanswered, until
+    /// [`MockUpstream::release`]; it is then answered as the behaviour in force at
+    /// release says.
+    pub fn hold(&self) {
+        self.state.held.send_replace(true);
+    }
+
+    /// Answers every held request, and stops holding.
+    pub fn release(&self) {
+        self.state.held.send_replace(false);
+    }
+
+    /// Requests being answered right now (held ones included).
+    pub fn active(&self) -> usize {
+        self.state.active.load(Ordering::SeqCst)
+    }
+
+    /// The most requests ever answered at once.
+    pub fn max_active(&self) -> usize {
+        self.state.max_active.load(Ordering::SeqCst)
+    }
 }
 
 async fn serve(listener: TcpListener, state: Arc<State>) {
@@ -228,6 +283,7 @@ async fn answer(
     req: Request<Incoming>,
     state: &State,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let _active = Active::enter(state);
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -248,6 +304,8 @@ async fn answer(
         }
         list.push(received.clone());
     }
+    let mut held = state.held.subscribe();
+    let _ = held.wait_for(|held| !held).await;
     let behaviour = lock(&state.behaviour).clone();
     match behaviour {
         Behaviour::Smh => Ok(lock(&state.smh).answer(&received)),

@@ -724,3 +724,40 @@ fn without_a_secret_any_token_is_taken_as_before() {
     );
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn held_answers_wait_for_release_and_concurrency_is_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = mock.addr();
+    let ask = move || async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {FILE}/ck?renew=1&access_token=t HTTP/1.1\r\nHost: m\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    mock.hold();
+    let calls: Vec<_> = (0..3).map(|_| tokio::spawn(ask())).collect();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mock.active() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "3 held requests");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(mock.count(), 3, "held requests are recorded");
+    assert!(calls.iter().all(|c| !c.is_finished()), "none answered yet");
+    mock.release();
+    for c in calls {
+        let out = c.await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    assert_eq!(mock.max_active(), 3);
+    // Answered: nothing is active any more (the guard runs before the socket closes).
+    assert_eq!(mock.active(), 0);
+}

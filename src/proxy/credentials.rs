@@ -560,6 +560,11 @@ impl TokenManager {
             HeaderValue::from_static("identity"),
         );
         let upstream = self.upstream.load_full();
+        // A token call is upstream work like any other: it takes a slot of
+        // `upstream.max_in_flight` (its flight runs on after a caller hangs up).
+        let _permit = upstream
+            .permit(&self.metrics)
+            .map_err(|_| fail("upstream.max_in_flight reached"))?;
         let sent = upstream
             .send(UpstreamRequest {
                 method: Method::GET,

@@ -800,6 +800,7 @@ impl Gateway {
         route_metrics: &RouteMetrics,
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
+        let permit = upstream.permit(&self.metrics)?;
         let started = Instant::now();
         let sent = upstream.send(req).await;
         // Until the response head: the body streams through afterwards.
@@ -809,7 +810,7 @@ impl Gateway {
         ctx.upstream_status = Some(resp.status().as_u16());
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let body = upstream::StreamedBody::new(body, upstream.timeout());
+        let body = upstream::StreamedBody::new(body, upstream.timeout()).holding(permit);
         Ok(Response::from_parts(parts, Either::Right(body)))
     }
 
@@ -872,6 +873,8 @@ async fn fetch_buffered(
     headers: HeaderMap,
     route_metrics: RouteMetrics,
 ) -> Result<Answer, GatewayError> {
+    // Taken here, in the flight's task: held until the body is read.
+    let _permit = upstream.permit(&metrics)?;
     let started = Instant::now();
     let sent = upstream
         .send(UpstreamRequest {

@@ -7,8 +7,16 @@
 //! was sent: a connect error (hyper-util reports `is_connect`) or a pooled
 //! connection closed before use (hyper-util retries those itself). Anything later
 //! may have reached SMH, so it is never sent twice.
+//!
+//! `upstream.max_in_flight` bounds the exchanges running at once: each holds a
+//! [`Permit`] from the request head until its body is read or streamed out. A
+//! coalesced renew flight takes its permit in its own task, so a caller that hangs
+//! up still counts until the flight ends; `server.max_in_flight` alone cannot bound
+//! those. With every permit taken the exchange is not started: 503, counted in
+//! `smh_gateway_upstream_refused_total`.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,10 +28,12 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::{ClientAuthFiles, ConfigError, UpstreamConfig};
 use crate::error::{GatewayError, UpstreamFailure};
+use crate::metrics::Metrics;
 
 /// Largest upstream body the gateway buffers (renew answers are a few hundred bytes).
 pub const MAX_BUFFERED_RESPONSE: usize = 1 << 20;
@@ -36,7 +46,13 @@ pub struct Upstream {
     base_path: String,
     timeout: Duration,
     retries: u32,
+    /// `upstream.max_in_flight` permits.
+    slots: Arc<Semaphore>,
 }
+
+/// One of `upstream.max_in_flight`: held for as long as one exchange runs.
+#[derive(Debug)]
+pub struct Permit(#[allow(dead_code)] OwnedSemaphorePermit);
 
 /// A request to send upstream; rebuilt for each attempt, so it owns its parts.
 pub struct UpstreamRequest {
@@ -80,7 +96,23 @@ impl Upstream {
             base_path: url.path().to_string(),
             timeout: cfg.timeout,
             retries: cfg.retries,
+            slots: Arc::new(Semaphore::new(
+                cfg.max_in_flight.min(Semaphore::MAX_PERMITS),
+            )),
         })
+    }
+
+    /// A permit for one exchange, or `UpstreamOverloaded` (counted) when
+    /// `upstream.max_in_flight` exchanges are running: the gateway then refuses
+    /// rather than queue work the upstream is already behind on.
+    pub fn permit(&self, metrics: &Metrics) -> Result<Permit, GatewayError> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Permit(permit)),
+            Err(_) => {
+                metrics.upstream_refused();
+                Err(GatewayError::UpstreamOverloaded)
+            }
+        }
     }
 
     /// `upstream.timeout`.
@@ -237,6 +269,9 @@ pub struct StreamedBody {
     inner: Incoming,
     idle: Duration,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The exchange's `upstream.max_in_flight` slot, until the body ends or is
+    /// dropped.
+    _permit: Option<Permit>,
 }
 
 impl StreamedBody {
@@ -251,7 +286,14 @@ impl StreamedBody {
             inner,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
+            _permit: None,
         }
+    }
+
+    /// Keeps `permit` until the body is done with.
+    pub fn holding(mut self, permit: Permit) -> StreamedBody {
+        self._permit = Some(permit);
+        self
     }
 }
 

@@ -78,7 +78,7 @@ pub fn config_text(dir: &Path, upstream_url: &str, setup: &Setup) -> String {
     format!(
         r#"[server]
 listen = "127.0.0.1:0"
-shutdown_grace = "5s"
+shutdown_grace = "30s"
 {server}
 
 [admin]
@@ -294,11 +294,11 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Byt
         req = req.header(*k, *v);
     }
     let resp = tokio::time::timeout(
-        Duration::from_secs(10),
+        2 * PATIENCE,
         client.request(req.body(Full::new(body)).unwrap()),
     )
     .await
-    .expect("gateway answered within 10s")
+    .expect("the gateway answered in time")
     .expect("request sent");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
@@ -384,12 +384,17 @@ pub fn last_query(gw: &TestGateway) -> String {
         .unwrap_or_default()
 }
 
-/// The real binary, `smh-gateway serve`, as a child process.
+/// The real binary, `smh-gateway serve`, as a child process (the one harness for
+/// every test that runs it). Its stdout (the access log) and stderr (operational
+/// messages) are kept whole, so a test can search everything it wrote. Killed on
+/// drop if it is still running.
 pub struct BinGateway {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 pub fn bin() -> std::process::Command {
@@ -397,51 +402,62 @@ pub fn bin() -> std::process::Command {
 }
 
 impl BinGateway {
-    /// Starts `serve --config path` with these env vars; waits for "listening on".
+    /// Starts `serve --config path` with these env vars; waits (up to 20 s) for
+    /// "listening on" and reads both addresses from it.
     pub fn spawn(config: &Path, envs: &[(&str, &str)]) -> BinGateway {
-        use std::io::BufRead;
+        use std::io::{BufRead, Read};
+        use std::sync::{Arc, Mutex};
         let mut cmd = bin();
         cmd.arg("serve").arg("--config").arg(config);
         for (k, v) in envs {
             cmd.env(k, v);
         }
         let mut child = cmd
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let mut out = child.stdout.take().unwrap();
+        let sink = stdout.clone();
+        let out_reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
+        let sink = stderr.clone();
+        let err_reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let _ = tx.send(rest.to_string());
                 }
                 sink.lock().unwrap().push(line);
             }
         });
+        let mut gw = BinGateway {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+            stdout,
+            stderr,
+            readers: vec![out_reader, err_reader],
+        };
+        // "127.0.0.1:PORT (admin 127.0.0.1:PORT)\"..."
         let rest = rx
             .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("gateway did not start: {:?}", lines.lock().unwrap()));
-        // "127.0.0.1:PORT (admin 127.0.0.1:PORT)\"..."
-        let mut words = rest.split([' ', '(', ')', '"']).filter(|w| w.contains(':'));
-        let addr = words.next().unwrap().parse().unwrap();
-        let admin = words
-            .find(|w| w.parse::<SocketAddr>().is_ok())
-            .unwrap()
-            .parse()
-            .unwrap();
-        BinGateway {
-            child,
-            addr,
-            admin,
-            stderr: lines,
-        }
+            .unwrap_or_else(|_| panic!("gateway did not start: {}", gw.stderr_text()));
+        let mut addrs = rest
+            .split([' ', '(', ')', '"'])
+            .filter_map(|w| w.parse::<SocketAddr>().ok());
+        gw.addr = addrs.next().expect("main address");
+        gw.admin = addrs.next().expect("admin address");
+        gw
     }
 
     pub fn signal(&self, sig: &str) {
@@ -464,12 +480,29 @@ impl BinGateway {
             if std::time::Instant::now() > deadline {
                 let _ = self.child.kill();
                 panic!(
-                    "gateway did not exit within {limit:?}: {:?}",
-                    self.stderr.lock().unwrap()
+                    "gateway did not exit within {limit:?}: {}",
+                    self.stderr_text()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM, then the drain and exit 0 (up to 15 s); returns everything it
+    /// wrote, (stdout, stderr), once both pipes are closed.
+    pub fn stop(&mut self) -> (String, String) {
+        self.signal("TERM");
+        let code = self.wait(Duration::from_secs(15));
+        assert_eq!(code, Some(0), "exit after SIGTERM: {}", self.stderr_text());
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
+        (self.stdout_text(), self.stderr_text())
+    }
+
+    /// The access log so far.
+    pub fn stdout_text(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     pub fn stderr_text(&self) -> String {
@@ -484,12 +517,72 @@ impl Drop for BinGateway {
     }
 }
 
-/// The value of one series in Prometheus text, 0 when absent.
-pub fn metric_value(text: &str, series: &str) -> f64 {
+/// One sample of the Prometheus text exposition format.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+impl Sample {
+    /// `name{a="1",b="2"}` with labels sorted: one spelling per series.
+    pub fn key(&self) -> String {
+        series_key(&self.name, &self.labels)
+    }
+}
+
+pub fn series_key(name: &str, labels: &std::collections::BTreeMap<String, String>) -> String {
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    if inner.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{}}}", inner.join(","))
+    }
+}
+
+/// `name` or `name{a="1",...}` as name and labels.
+fn parse_series(series: &str) -> (String, std::collections::BTreeMap<String, String>) {
+    let mut labels = std::collections::BTreeMap::new();
+    let Some((name, rest)) = series.split_once('{') else {
+        return (series.to_string(), labels);
+    };
+    let body = rest.strip_suffix('}').expect("labels end with }");
+    // The gateway's label values hold no `",` sequence, so this split is exact here.
+    for pair in body.split("\",").filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once("=\"").expect("label=\"value\"");
+        labels.insert(k.to_string(), v.trim_end_matches('"').to_string());
+    }
+    (name.to_string(), labels)
+}
+
+/// The Prometheus text exposition format, parsed just enough to compare series by
+/// their exact label sets. Panics on a line it cannot read.
+pub fn parse_exposition(text: &str) -> Vec<Sample> {
     text.lines()
-        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .find_map(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+            let (name, labels) = parse_series(series);
+            Sample {
+                name,
+                labels,
+                value,
+            }
+        })
+        .collect()
+}
+
+/// The value of one series in Prometheus text (`name{labels}`, labels in any
+/// order), 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    let (name, labels) = parse_series(series);
+    let key = series_key(&name, &labels);
+    parse_exposition(text)
+        .iter()
+        .find(|s| s.key() == key)
+        .map_or(0.0, |s| s.value)
 }
 
 /// A throwaway `redis-server` on a free loopback port (no persistence), killed on
@@ -539,6 +632,22 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// `total_commands_processed` from `INFO stats` (this INFO not included).
+    pub fn commands_processed(&self) -> u64 {
+        use std::io::{Read, Write};
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .expect("connect to redis-server");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"INFO stats\r\nQUIT\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no total_commands_processed in {out}"))
     }
 
     /// SIGSTOP: the server keeps its connections but answers nothing (a slow Redis).
@@ -634,4 +743,45 @@ fn redis_ping(port: u16) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
     let mut buf = [0u8; 7];
     s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// How long a test waits for something that happens in milliseconds on an idle
+/// machine: generous, so a loaded one is slow rather than failing.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `done` every few milliseconds until it holds; fails the test, naming
+/// `what`, after [`PATIENCE`].
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls one series on a gateway's `/metrics` until `done` holds for its value;
+/// returns that value, or fails the test after [`PATIENCE`].
+pub async fn until_metric(admin: SocketAddr, series: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let r = send(
+            Method::GET,
+            &format!("http://{admin}/metrics"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        let v = metric_value(&r.text(), series);
+        if done(v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} = {v}: not as wanted within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

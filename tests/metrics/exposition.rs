@@ -1,5 +1,5 @@
-//! The Prometheus text exposition format, parsed just enough to compare series by
-//! their exact label sets, and the label names each smh_gateway family must carry.
+//! `/metrics` scraped and parsed (the parser is common's), and the label names
+//! each smh_gateway family must carry.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,60 +7,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::Method;
 
-use crate::common::{Resp, send};
-
-#[derive(Debug, Clone)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
-
-impl Sample {
-    /// `name{a="1",b="2"}` with labels sorted: one spelling per series.
-    pub fn key(&self) -> String {
-        series_key(&self.name, &self.labels)
-    }
-}
-
-pub fn series_key(name: &str, labels: &BTreeMap<String, String>) -> String {
-    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-    if inner.is_empty() {
-        name.to_string()
-    } else {
-        format!("{name}{{{}}}", inner.join(","))
-    }
-}
-
-pub fn parse_exposition(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
-        let (name, labels) = match series.split_once('{') {
-            None => (series.to_string(), BTreeMap::new()),
-            Some((name, rest)) => {
-                let body = rest.strip_suffix('}').expect("labels end with }");
-                let mut labels = BTreeMap::new();
-                // Our label values hold no `",` sequence, so this split is exact here.
-                for pair in body.split("\",").filter(|p| !p.is_empty()) {
-                    let (k, v) = pair.split_once("=\"").expect("label=\"value\"");
-                    labels.insert(k.to_string(), v.trim_end_matches('"').to_string());
-                }
-                (name.to_string(), labels)
-            }
-        };
-        out.push(Sample {
-            name,
-            labels,
-            value,
-        });
-    }
-    out
-}
+use crate::common::{Resp, parse_exposition, send};
+pub use crate::common::{Sample, series_key};
 
 pub async fn scrape(admin: SocketAddr) -> (Resp, Vec<Sample>) {
     let r = send(
@@ -117,6 +65,7 @@ pub const FAMILIES: &[(&str, &[&str])] = &[
     ("smh_gateway_in_flight_requests", &[]),
     ("smh_gateway_open_connections", &[]),
     ("smh_gateway_access_log_dropped_total", &[]),
+    ("smh_gateway_upstream_refused_total", &[]),
     ("smh_gateway_connection_errors_total", &["kind"]),
     ("smh_gateway_upstream_token_fetches_total", &["result"]),
     ("smh_gateway_upstream_token_refused_total", &[]),

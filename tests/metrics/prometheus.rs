@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::common::temp_dir;
+use crate::common::{free_port, temp_dir};
 use crate::repo;
 
 /// The path of a tool from Debian's `prometheus` package; a missing one fails the
@@ -82,12 +82,6 @@ pub async fn try_get(url: &str) -> Result<(u16, String), String> {
 
 pub fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// A free loopback port: bound to :0, then released for Prometheus to take.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// `prometheus` as a child process with its own config and TSDB in a temp dir,
