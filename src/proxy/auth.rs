@@ -66,6 +66,9 @@ pub struct Verifier {
     credential_claim: Option<String>,
     leeway_secs: u64,
     cache: VerifiedCache,
+    /// Full verifications (cache misses): `smh_gateway_token_verifications_total`
+    /// once the gateway hands in its counter.
+    verifications: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -122,6 +125,7 @@ impl Verifier {
             max_token_bytes: auth.max_token_bytes,
             leeway_secs: leeway_secs(auth.leeway),
             cache: VerifiedCache::new(),
+            verifications: prometheus::IntCounter::new("unregistered", "-").expect("valid metric"),
             credential_claim: match &config.upstream.credential {
                 CredentialMode::Claim(name) => Some(name.clone()),
                 _ => None,
@@ -144,6 +148,11 @@ impl Verifier {
         Ok(principal)
     }
 
+    /// Counts full verifications into `counter` (the gateway's registered one).
+    pub fn count_verifications_into(&mut self, counter: prometheus::IntCounter) {
+        self.verifications = counter;
+    }
+
     /// Verifies a token from scratch.
     pub fn verify(&self, token: &Secret) -> Result<Principal, AuthFailure> {
         self.verify_full(token).map(|(principal, _)| principal)
@@ -151,6 +160,7 @@ impl Verifier {
 
     /// Verifies a token; returns the principal and the token's `exp`.
     fn verify_full(&self, token: &Secret) -> Result<(Principal, u64), AuthFailure> {
+        self.verifications.inc();
         let token = token.expose();
         if token.len() > self.max_token_bytes {
             return Err(AuthFailure::TooLarge);

@@ -42,6 +42,7 @@ use crate::cache::{Answer, CacheKey, RenewCache, Reply, Source};
 use crate::config::{Config, ConfigError, Unmatched};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics, library_label};
+use crate::ratelimit::{self, RateLimiter};
 use crate::request_id::RequestIds;
 use crate::secret::Secret;
 use auth::Verifier;
@@ -82,6 +83,7 @@ pub struct Settings {
     pub verifier: Verifier,
     pub credential: CredentialSource,
     pub router: Router,
+    pub rate_limits: ratelimit::Rules,
 }
 
 impl Settings {
@@ -100,6 +102,7 @@ impl Settings {
             verifier: Verifier::from_config(&config)?,
             credential: CredentialSource::from_config(&config)?,
             router,
+            rate_limits: ratelimit::Rules::from_config(&config),
             config,
         })
     }
@@ -126,6 +129,8 @@ pub struct Context {
     pub traffic_limit: Option<u64>,
     /// Where a renew answer came from, when the cache was asked.
     pub cache: Option<Source>,
+    /// `RateLimit-Policy` and `RateLimit`, when a limit was checked.
+    pub rate_limit: Option<ratelimit::Headers>,
 }
 
 /// A request being handled. If its future is dropped before the answer (the client
@@ -185,11 +190,12 @@ pub struct Gateway {
     access_log: AccessLog,
     metrics: Arc<Metrics>,
     unmatched: RouteMetrics,
+    rate_limits: RateLimiter,
 }
 
 impl Gateway {
     pub fn new(
-        settings: Settings,
+        mut settings: Settings,
         upstream: Upstream,
         access_log: AccessLog,
         cache: Option<RenewCache>,
@@ -206,7 +212,15 @@ impl Gateway {
             .max_in_flight
             .min(Semaphore::MAX_PERMITS);
         let metrics = Arc::new(Metrics::new(&libraries, COMMON_ROUTES));
+        settings
+            .verifier
+            .count_verifications_into(metrics.token_verifications().clone());
+        let rate_limits = RateLimiter::new(
+            metrics.clone(),
+            cache.as_ref().and_then(RenewCache::redis_link),
+        );
         Gateway {
+            rate_limits,
             settings: ArcSwap::from_pointee(settings),
             upstream: Arc::new(upstream),
             cache,
@@ -243,7 +257,10 @@ impl Gateway {
     }
 
     /// Swaps in new settings; requests already running keep the old ones.
-    pub fn replace_settings(&self, settings: Settings) {
+    pub fn replace_settings(&self, mut settings: Settings) {
+        settings
+            .verifier
+            .count_verifications_into(self.metrics.token_verifications().clone());
         self.settings.store(Arc::new(settings));
     }
 
@@ -293,6 +310,11 @@ impl Gateway {
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
+        }
+        if let Some(limit) = ctx.rate_limit.clone() {
+            let h = resp.headers_mut();
+            h.insert(ratelimit::RATELIMIT_POLICY.clone(), limit.policy);
+            h.insert(ratelimit::RATELIMIT.clone(), limit.state);
         }
         let status = resp.status().as_u16();
         self.log(
@@ -431,13 +453,22 @@ impl Gateway {
                 None
             }
             AuthPolicy::Token => {
-                let token = caller_token
+                // Before any signature check: an address whose tokens keep being
+                // refused gets 429 here (SPEC §13), and refusals are counted.
+                let limits = &settings.rate_limits;
+                self.rate_limits
+                    .check_auth_failures(limits, client.addr, &mut ctx.rate_limit)?;
+                let verified = caller_token
                     .as_ref()
-                    .ok_or(GatewayError::EmptyAccessToken)?;
-                let principal = settings
-                    .verifier
-                    .verify_cached(token)
-                    .map_err(GatewayError::InvalidAccessToken)?;
+                    .ok_or(GatewayError::EmptyAccessToken)
+                    .and_then(|t| {
+                        (settings.verifier.verify_cached(t))
+                            .map_err(GatewayError::InvalidAccessToken)
+                    });
+                let principal = self
+                    .rate_limits
+                    .after_auth(limits, client.addr, verified)
+                    .await?;
                 let library = match &op.values.library {
                     Some(l) => l.clone(),
                     // Rows whose path names no library (shares by code) act in the
@@ -449,7 +480,7 @@ impl Gateway {
                     space: s.clone(),
                     target: false,
                 }));
-                policy::authorize(
+                let authorized = policy::authorize(
                     &config.libraries,
                     &principal,
                     &policy::Request {
@@ -461,7 +492,18 @@ impl Gateway {
                         permissions: op.route.required(op.permanent),
                         user_id: op.user_id.as_deref(),
                     },
-                )?;
+                );
+                // Every verified request counts, whatever policy says (SPEC §13).
+                let limited = (self.rate_limits)
+                    .check(
+                        limits,
+                        &library,
+                        principal.user.as_deref(),
+                        &mut ctx.rate_limit,
+                    )
+                    .await;
+                authorized?;
+                limited?;
                 ctx.library = Some(library);
                 Some(principal)
             }
