@@ -236,7 +236,7 @@ async fn reload_on_sighup(gateway: Arc<Gateway>, path: PathBuf) {
                 gateway.replace_settings(settings);
                 gateway.metrics().reload(true);
                 log::info(&format!(
-                    "SIGHUP: reloaded {} (keys, claims, libraries, traffic_limit, routes and credential apply now; listeners, TLS, server limits, upstream and cache need a restart)",
+                    "SIGHUP: reloaded {} (keys, claims, libraries, traffic_limit, routes, rate limits and credential apply now; listeners, TLS, server limits, upstream and cache need a restart)",
                     path.display()
                 ));
             }

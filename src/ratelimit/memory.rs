@@ -16,20 +16,23 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
+use crate::cache::key::BuildDigestHasher;
+
 /// Keys one store holds at most.
 pub const MAX_KEYS: usize = 100_000;
 /// How often passed keys are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Store {
-    map: DashMap<u64, u64>,
+    /// Keys are keyed SipHash digests already: the map uses them as they are.
+    map: DashMap<u64, u64, BuildDigestHasher>,
     max_keys: usize,
 }
 
 impl Store {
     pub fn new(max_keys: usize) -> Arc<Store> {
         let store = Arc::new(Store {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(BuildDigestHasher::default()),
             max_keys: max_keys.max(8),
         });
         spawn_sweeper(Arc::downgrade(&store));
@@ -110,6 +113,10 @@ impl Store {
             return;
         }
         let mut times: Vec<u64> = self.map.iter().map(|e| *e.value()).collect();
+        // Other threads may have emptied it meanwhile.
+        if times.is_empty() {
+            return;
+        }
         let cut = (self.max_keys / 8).min(times.len() - 1);
         let (_, threshold, _) = times.select_nth_unstable(cut);
         let threshold = *threshold;

@@ -28,7 +28,6 @@ pub mod memory;
 pub mod redis;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
@@ -309,12 +308,7 @@ impl RateLimiter {
                     if !state.is_empty() {
                         state.push_str(", ");
                     }
-                    let _ = write!(
-                        state,
-                        "\"{}\";r={remaining};t={}",
-                        rule.kind.as_str(),
-                        whole_seconds(wait_us)
-                    );
+                    state_item(&mut state, rule.kind, remaining, whole_seconds(wait_us));
                 }
             }
             Some(Headers {
@@ -334,7 +328,8 @@ impl RateLimiter {
         headers: &mut Option<Headers>,
     ) -> GatewayError {
         let retry_after_secs = whole_seconds(wait_us);
-        let state = format!("\"{}\";r=0;t={retry_after_secs}", rule.kind.as_str());
+        let mut state = String::with_capacity(32);
+        state_item(&mut state, rule.kind, 0, retry_after_secs);
         *headers = policy
             .clone()
             .zip(HeaderValue::from_str(&state).ok())
@@ -368,6 +363,18 @@ impl RateLimiter {
     pub fn memory_keys(&self) -> usize {
         self.requests.len() + self.failures.len() + self.blocked.len()
     }
+}
+
+/// One item of `RateLimit`: `"user";r=5;t=1` (itoa: this runs on every limited
+/// request).
+fn state_item(out: &mut String, kind: LimitKind, remaining: u64, reset_secs: u64) {
+    let mut digits = itoa::Buffer::new();
+    out.push('"');
+    out.push_str(kind.as_str());
+    out.push_str("\";r=");
+    out.push_str(digits.format(remaining));
+    out.push_str(";t=");
+    out.push_str(digits.format(reset_secs));
 }
 
 /// What one client is: an IPv4 address, or an IPv6 /64 (one host usually holds a
