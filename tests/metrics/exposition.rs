@@ -118,6 +118,9 @@ pub const FAMILIES: &[(&str, &[&str])] = &[
     ("smh_gateway_open_connections", &[]),
     ("smh_gateway_access_log_dropped_total", &[]),
     ("smh_gateway_connection_errors_total", &["kind"]),
+    ("smh_gateway_rate_limited_total", &["limit"]),
+    ("smh_gateway_rate_limit_backend_errors_total", &[]),
+    ("smh_gateway_token_verifications_total", &[]),
 ];
 
 /// The family a sample belongs to, and whether it is a histogram bucket.
