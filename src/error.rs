@@ -58,6 +58,30 @@ impl AuthFailure {
     }
 }
 
+/// Which rate limit a request hit (SPEC §13): the label of
+/// `smh_gateway_rate_limited_total` and the policy name of the `RateLimit` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    /// Per LibraryId.
+    Library,
+    /// Per (LibraryId, user).
+    User,
+    /// Per client address, counted on refused tokens.
+    AuthFailures,
+}
+
+impl LimitKind {
+    pub const ALL: [LimitKind; 3] = [LimitKind::Library, LimitKind::User, LimitKind::AuthFailures];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Library => "library",
+            LimitKind::User => "user",
+            LimitKind::AuthFailures => "auth_failures",
+        }
+    }
+}
+
 /// How the upstream exchange failed (all 502 UpstreamUnavailable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UpstreamFailure {
@@ -104,7 +128,9 @@ pub enum GatewayError {
     ClientClosed,
     UriTooLong,
     HeaderFieldsTooLarge,
+    /// Over a rate limit; `retry_after_secs` is at least 1.
     RateLimitExceeded {
+        limit: LimitKind,
         retry_after_secs: u64,
     },
     UpstreamUnavailable(UpstreamFailure),
@@ -125,6 +151,8 @@ pub enum Counted {
     Policy(&'static str),
     /// `smh_gateway_upstream_errors_total{kind}`.
     Upstream(&'static str),
+    /// `smh_gateway_rate_limited_total{limit}`.
+    RateLimited(LimitKind),
     /// Only in `requests_total` (by status).
     Request,
 }
@@ -277,12 +305,16 @@ impl GatewayError {
                 "headers_too_large",
                 Request,
             ),
-            E::RateLimitExceeded { .. } => class(
+            E::RateLimitExceeded { limit, .. } => class(
                 S::TOO_MANY_REQUESTS,
                 "RateLimitExceeded",
-                "rate limit exceeded",
-                "rate_limited",
-                Request,
+                "rate limit exceeded, retry after the time in Retry-After",
+                match limit {
+                    LimitKind::Library => "rate_limited_library",
+                    LimitKind::User => "rate_limited_user",
+                    LimitKind::AuthFailures => "rate_limited_auth_failures",
+                },
+                RateLimited(*limit),
             ),
             E::UpstreamUnavailable(UpstreamFailure::Connect) => class(
                 S::BAD_GATEWAY,
@@ -359,8 +391,14 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let GatewayError::RateLimitExceeded { retry_after_secs } = self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        if let GatewayError::RateLimitExceeded {
+            retry_after_secs, ..
+        } = self
+        {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from((*retry_after_secs).max(1)),
+            );
         }
         resp
     }
@@ -459,6 +497,7 @@ mod tests {
             ),
             (
                 GatewayError::RateLimitExceeded {
+                    limit: LimitKind::User,
                     retry_after_secs: 1,
                 },
                 429,
@@ -506,10 +545,35 @@ mod tests {
     #[test]
     fn rate_limit_sets_retry_after() {
         let resp = GatewayError::RateLimitExceeded {
+            limit: LimitKind::Library,
             retry_after_secs: 7,
         }
         .to_response("r");
         assert_eq!(resp.headers()[header::RETRY_AFTER], "7");
+        // Never 0, which would invite an immediate retry.
+        let resp = GatewayError::RateLimitExceeded {
+            limit: LimitKind::Library,
+            retry_after_secs: 0,
+        }
+        .to_response("r");
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn each_rate_limit_has_its_own_log_reason() {
+        let mut reasons: Vec<_> = LimitKind::ALL
+            .iter()
+            .map(|&limit| {
+                GatewayError::RateLimitExceeded {
+                    limit,
+                    retry_after_secs: 1,
+                }
+                .reason()
+            })
+            .collect();
+        reasons.sort();
+        reasons.dedup();
+        assert_eq!(reasons.len(), LimitKind::ALL.len());
     }
 
     #[test]

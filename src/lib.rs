@@ -7,6 +7,7 @@
 //! - [`server`]: listeners, TLS, connection limits, graceful drain, reload
 //! - [`limit`]: the connection and in-flight counters whose capacity follows reload
 //! - [`proxy`]: the pipeline (`route` → `auth` → `policy` → `rewrite` → `cache` → `upstream`)
+//! - [`ratelimit`]: per-library, per-user and auth-failure limits (memory or Redis)
 //! - [`cache`]: renew answers cached and coalesced (memory or Redis)
 //! - [`error`]: the one mapping from an error to status and SMH code
 //! - [`access_log`]: one JSON line per request
@@ -30,6 +31,8 @@ pub mod log;
 pub mod metrics;
 pub mod mock_upstream;
 pub mod proxy;
+pub mod ratelimit;
+pub mod redis_link;
 pub mod request_id;
 pub mod secret;
 pub mod server;

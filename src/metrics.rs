@@ -15,7 +15,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::error::{AuthFailure, Counted, GatewayError};
+use crate::error::{AuthFailure, Counted, GatewayError, LimitKind};
 
 const REQUEST_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -129,6 +129,9 @@ pub struct Metrics {
     cache_by_result: [IntCounter; CacheResult::ALL.len()],
     clamped_up: IntCounter,
     clamped_down: IntCounter,
+    rate_limited: [IntCounter; LimitKind::ALL.len()],
+    rate_limit_backend_errors: IntCounter,
+    token_verifications: IntCounter,
     by_library: std::collections::HashMap<String, (IntCounter, Histogram)>,
     jwks: JwksMetrics,
 }
@@ -190,6 +193,14 @@ fn histogram(
         .register(Box::new(h.clone()))
         .expect("metric registered once");
     h
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -322,6 +333,24 @@ impl Metrics {
         for k in ["parse", "too_large", "timeout", "other"] {
             connection_errors.with_label_values(&[k]);
         }
+        let rate_limited_vec = counter(
+            &registry,
+            "smh_gateway_rate_limited_total",
+            "Requests answered 429 RateLimitExceeded, by the limit they hit (library, user, auth_failures).",
+            &["limit"],
+        );
+        let rate_limited =
+            LimitKind::ALL.map(|l| rate_limited_vec.with_label_values(&[l.as_str()]));
+        let rate_limit_backend_errors = plain_counter(
+            &registry,
+            "smh_gateway_rate_limit_backend_errors_total",
+            "Rate-limit checks that Redis failed or was too slow for: the request was let through unchecked.",
+        );
+        let token_verifications = plain_counter(
+            &registry,
+            "smh_gateway_token_verifications_total",
+            "Tokens checked in full (decoded, key looked up, signature verified), i.e. not answered from the verified-token cache nor refused by the auth-failure limit first.",
+        );
         let access_log_dropped = IntCounter::new(
             "smh_gateway_access_log_dropped_total",
             "Access-log lines dropped because stdout could not keep up.",
@@ -422,6 +451,9 @@ impl Metrics {
             cache_by_result,
             clamped_up,
             clamped_down,
+            rate_limited,
+            rate_limit_backend_errors,
+            token_verifications,
             by_library,
             request_duration,
             upstream_duration,
@@ -497,6 +529,7 @@ impl Metrics {
             Counted::Auth(reason) => self.auth_failures.with_label_values(&[reason]).inc(),
             Counted::Policy(reason) => self.policy_refusals.with_label_values(&[reason]).inc(),
             Counted::Upstream(kind) => self.upstream_errors.with_label_values(&[kind]).inc(),
+            Counted::RateLimited(limit) => self.rate_limited[limit as usize].inc(),
             Counted::Request => {}
         }
     }
@@ -533,6 +566,17 @@ impl Metrics {
         if let Some(tl) = traffic_limit {
             granted.observe(tl as f64);
         }
+    }
+
+    /// A rate-limit check Redis could not answer (the request went through).
+    pub fn rate_limit_backend_error(&self) {
+        self.rate_limit_backend_errors.inc();
+    }
+
+    /// The counter the token verifier adds one to per full verification (it is
+    /// handed a clone: a reload's new verifier keeps counting into the same series).
+    pub fn token_verifications(&self) -> &IntCounter {
+        &self.token_verifications
     }
 
     pub fn cache(&self, result: CacheResult) {
@@ -664,6 +708,11 @@ mod tests {
             "smh_gateway_jwks_keys 0",
             "smh_gateway_jwks_age_seconds 0",
             "smh_gateway_upstream_refused_total 0",
+            "smh_gateway_rate_limited_total{limit=\"library\"} 0",
+            "smh_gateway_rate_limited_total{limit=\"user\"} 0",
+            "smh_gateway_rate_limited_total{limit=\"auth_failures\"} 0",
+            "smh_gateway_rate_limit_backend_errors_total 0",
+            "smh_gateway_token_verifications_total 0",
             "smh_gateway_build_info{version=\"",
         ] {
             assert!(t.contains(name), "missing {name}\n{t}");
@@ -677,7 +726,15 @@ mod tests {
         m.error(&GatewayError::EmptyAccessToken);
         m.error(&GatewayError::AccessTokenNotMatchSpace);
         m.error(&GatewayError::UpstreamTimeout);
+        m.error(&GatewayError::RateLimitExceeded {
+            limit: LimitKind::AuthFailures,
+            retry_after_secs: 3,
+        });
         let t = text(&m);
+        assert!(
+            t.contains("smh_gateway_rate_limited_total{limit=\"auth_failures\"} 1"),
+            "{t}"
+        );
         assert!(
             t.contains("smh_gateway_auth_failures_total{reason=\"bad_signature\"} 1"),
             "{t}"
@@ -729,6 +786,7 @@ mod tests {
                 max: 2,
                 default: None,
             },
+            rate_limits: Default::default(),
         }];
         assert_eq!(library_label(&libs, "lib1"), "lib1");
         assert_eq!(library_label(&libs, "attacker-chosen"), OTHER_LIBRARY);

@@ -113,9 +113,14 @@ fn mix_counters() -> BTreeMap<String, f64> {
         ("traffic_limit_clamped_total", r#"direction="up""#, 1.0),
         ("renewals_total", r#"library="lib1""#, 4.0),
         ("upstream_errors_total", r#"kind="invalid""#, 1.0),
+        // Three distinct tokens checked in full; repeats came from the verified-token cache.
+        ("token_verifications_total", "", 3.0),
     ]
     .into_iter()
-    .map(|(name, labels, v)| (format!("smh_gateway_{name}{{{labels}}}"), v))
+    .map(|(name, labels, v)| match labels {
+        "" => (format!("smh_gateway_{name}"), v),
+        _ => (format!("smh_gateway_{name}{{{labels}}}"), v),
+    })
     .collect()
 }
 

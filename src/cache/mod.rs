@@ -150,7 +150,8 @@ pub fn flight_bound(config: &Config) -> Duration {
 /// What `check` and `serve` verify before binding: a Redis URL the client can use.
 pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     let cache = &config.cache;
-    if cache.enabled && cache.backend == CacheBackend::Redis {
+    let rate_limits_redis = config.rate_limits.backend == crate::config::RateLimitBackend::Redis;
+    if (cache.enabled && cache.backend == CacheBackend::Redis) || rate_limits_redis {
         ::redis::Client::open(cache.redis_url.as_str()).map_err(|e| {
             ConfigError::new(
                 &config.source,
@@ -255,6 +256,15 @@ impl RenewCache {
 
     fn flight_bound(&self) -> Duration {
         self.tuning.load().flight_bound
+    }
+
+    /// The Redis connection and breaker, when this cache uses Redis: the rate
+    /// limits share it.
+    pub fn redis_link(&self) -> Option<Arc<crate::redis_link::Link>> {
+        match &self.backend {
+            Backend::Memory(_) => None,
+            Backend::Redis(r) => Some(r.link()),
+        }
     }
 
     /// Entries held: exact for memory; for Redis, across all replicas as last

@@ -18,30 +18,25 @@
 //! which needs Redis 7). Multi-key steps are Lua scripts, so each is atomic and one
 //! round trip (see `lua.rs`).
 //!
-//! Failure: every call is bounded by [`CALL_TIMEOUT`]. A failed or slow call opens a
-//! breaker for [`RETRY_EVERY`]; while it is open calls fail at once, without
-//! waiting, and the gateway serves from the upstream. Then one call probes, and the
-//! first success closes it. The connection manager reconnects by itself, so Redis
-//! coming back needs no restart.
+//! Failure: calls go through [`crate::redis_link::Link`] (bounded, behind a breaker,
+//! reconnecting by itself); while Redis fails the gateway serves from the upstream.
+//! The rate limits, when they use Redis, share this store's link.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
 
 use super::entry::{self, Answer, Entry, Published, now_ms};
 use super::key::CacheKey;
 use super::lua::Scripts;
 use crate::error::GatewayError;
+pub use crate::redis_link::{CALL_TIMEOUT, RETRY_EVERY, Unavailable};
+use crate::redis_link::{Link, ms};
 
-/// The bound on one Redis call. Redis answers in well under a millisecond; a call
-/// that takes this long means trouble, and the upstream is the better bet.
-pub const CALL_TIMEOUT: Duration = Duration::from_millis(50);
-/// How long the breaker stays open after a failure before one call probes again.
-pub const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// How long an uncached flight result stays readable for remote waiters (they
 /// poll far more often than this).
 const RESULT_TTL: Duration = Duration::from_secs(5);
@@ -53,10 +48,6 @@ const COUNT_EVERY: Duration = Duration::from_secs(5);
 const MAX_VARIANTS: u32 = 256;
 
 const PREFIX: &str = "smhgw:v1:";
-
-/// Redis did not answer, or not in time, or the breaker is open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unavailable;
 
 /// What trying to take the lock found.
 #[derive(Debug)]
@@ -83,9 +74,8 @@ pub enum Poll {
 }
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    link: Arc<Link>,
     scripts: Scripts,
-    breaker: Breaker,
     /// Live entries across all replicas, as last counted.
     entries: AtomicUsize,
     /// The lock's lifetime: the longest a flight can run.
@@ -104,26 +94,15 @@ impl RedisStore {
         warm_up: Duration,
         tasks: &crate::tasks::Tasks,
     ) -> Result<Arc<RedisStore>, String> {
-        // The URL may hold a password: errors describe, never echo it.
-        let client = redis::Client::open(url)
-            .map_err(|e| format!("cannot use this Redis URL ({:?})", e.kind()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = client
-            .get_connection_manager_lazy(config)
-            .map_err(|e| format!("cannot set up the Redis connection ({:?})", e.kind()))?;
+        let link = Arc::new(Link::lazy(url)?);
         let store = Arc::new(RedisStore {
-            conn,
+            link,
             scripts: Scripts::new(),
-            breaker: Breaker::new(),
             entries: AtomicUsize::new(0),
             lock_ms: AtomicU64::new(ms(flight_bound)),
             gone_ms: AtomicU64::new(ms(flight_bound)),
         });
-        let mut conn = store.conn.clone();
+        let mut conn = store.link.connection();
         let ping_cmd = redis::cmd("PING");
         let ping = ping_cmd.query_async::<Value>(&mut conn);
         match tokio::time::timeout(warm_up, ping).await {
@@ -155,24 +134,17 @@ impl RedisStore {
         self.len() == 0
     }
 
+    /// The connection and breaker, for the rate limits to share.
+    pub fn link(&self) -> Arc<Link> {
+        self.link.clone()
+    }
+
     /// One bounded call, through the breaker.
     async fn call<T>(
         &self,
         run: impl AsyncFnOnce(ConnectionManager) -> RedisResult<T>,
     ) -> Result<T, Unavailable> {
-        if !self.breaker.allow() {
-            return Err(Unavailable);
-        }
-        match tokio::time::timeout(CALL_TIMEOUT, run(self.conn.clone())).await {
-            Ok(Ok(v)) => {
-                self.breaker.success();
-                Ok(v)
-            }
-            Ok(Err(_)) | Err(_) => {
-                self.breaker.failure();
-                Err(Unavailable)
-            }
-        }
+        self.link.call(run).await
     }
 
     /// The live entry for `key`, if any: one `HGET`.
@@ -452,76 +424,9 @@ fn tagged(reply: Value) -> Result<(i64, Option<Bytes>), Unavailable> {
     Ok((tag, value))
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Open after a failure for [`RETRY_EVERY`]; then one caller probes.
-struct Breaker {
-    epoch: Instant,
-    /// 0 when closed; else the time (ms since `epoch`, at least 1) until which calls
-    /// are refused.
-    open_until: AtomicU64,
-}
-
-impl Breaker {
-    fn new() -> Breaker {
-        Breaker {
-            epoch: Instant::now(),
-            open_until: AtomicU64::new(0),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        ms(self.epoch.elapsed()).max(1)
-    }
-
-    fn allow(&self) -> bool {
-        let until = self.open_until.load(Ordering::Relaxed);
-        if until == 0 {
-            return true;
-        }
-        let now = self.now();
-        // Half-open: the caller that moves the window on is the one that probes.
-        now >= until
-            && self
-                .open_until
-                .compare_exchange(
-                    until,
-                    now + ms(RETRY_EVERY),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-    }
-
-    fn success(&self) {
-        self.open_until.store(0, Ordering::Relaxed);
-    }
-
-    fn failure(&self) {
-        self.open_until
-            .store(self.now() + ms(RETRY_EVERY), Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn breaker_opens_on_failure_and_lets_one_probe_through_later() {
-        let b = Breaker::new();
-        assert!(b.allow() && b.allow(), "closed: everything passes");
-        b.failure();
-        assert!(!b.allow(), "open: refused at once");
-        // Pretend the window has passed.
-        b.open_until.store(1, Ordering::Relaxed);
-        assert!(b.allow(), "one probe");
-        assert!(!b.allow(), "the others wait for the probe's outcome");
-        b.success();
-        assert!(b.allow() && b.allow());
-    }
 
     #[test]
     fn keys_hold_digests_only() {

@@ -65,6 +65,7 @@ pub struct Config {
     pub libraries: Vec<LibraryConfig>,
     pub cache: CacheConfig,
     pub routes: RoutesConfig,
+    pub rate_limits: RateLimitsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +202,8 @@ pub struct LibraryConfig {
     pub multi_tenant: bool,
     /// The library's own bounds, already merged with the global ones.
     pub traffic_limit: TrafficLimitBounds,
+    /// The library's own limits; `None` of a kind falls back to the global one.
+    pub rate_limits: LibraryRateLimits,
     /// Where its SMH library secret is (read by `proxy::credentials`, not here).
     pub secret: Option<SecretSource>,
 }
@@ -212,6 +215,43 @@ pub enum SecretSource {
     Env(String),
     File(PathBuf),
 }
+
+/// `[rate_limits]` (SPEC §13); a limit left out is off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimitsConfig {
+    pub backend: RateLimitBackend,
+    pub library: Option<Limit>,
+    pub user: Option<Limit>,
+    pub auth_failures: Option<Limit>,
+}
+
+/// A library's overrides of `rate_limits.library` and `rate_limits.user`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LibraryRateLimits {
+    pub library: Option<Limit>,
+    pub user: Option<Limit>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RateLimitBackend {
+    #[default]
+    Memory,
+    /// Shared by every replica, at `cache.redis_url`.
+    Redis,
+}
+
+/// `rate` requests per `per`, in bursts of up to `burst` (a GCRA: see `ratelimit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limit {
+    pub rate: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+/// Bounds that keep a limit's arithmetic exact (microseconds in a u64 and in a Lua
+/// double): one request per microsecond at most, a window of a day at most.
+pub const MAX_LIMIT_BURST: i64 = 1_000_000;
+pub const MAX_LIMIT_PER: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -351,6 +391,19 @@ impl Config {
         }
     }
 
+    /// The library and user limits that apply to a library: its own, else the
+    /// global ones.
+    pub fn rate_limits_for(&self, library: &str) -> LibraryRateLimits {
+        let own = self
+            .library(library)
+            .map(|l| l.rate_limits)
+            .unwrap_or_default();
+        LibraryRateLimits {
+            library: own.library.or(self.rate_limits.library),
+            user: own.user.or(self.rate_limits.user),
+        }
+    }
+
     pub fn library(&self, id: &str) -> Option<&LibraryConfig> {
         self.libraries.iter().find(|l| l.id == id)
     }
@@ -456,6 +509,7 @@ impl Validator<'_> {
             traffic_limit,
             libraries,
             cache: self.cache(&raw.cache)?,
+            rate_limits: self.rate_limits(&raw.rate_limits)?,
             routes: RoutesConfig {
                 rules: self.rules(&raw.routes.rules)?,
                 unmatched: match raw.routes.unmatched.as_str() {
@@ -920,11 +974,22 @@ impl Validator<'_> {
                     ));
                 }
             };
+            let rate_limits = match &l.rate_limits {
+                None => LibraryRateLimits::default(),
+                Some(r) => {
+                    let key = |kind: &str| format!("{at}.rate_limits.{kind}");
+                    LibraryRateLimits {
+                        library: self.limit(&key("library"), r.library.as_ref())?,
+                        user: self.limit(&key("user"), r.user.as_ref())?,
+                    }
+                }
+            };
             out.push(LibraryConfig {
                 id: l.id.clone(),
                 multi_tenant: l.multi_tenant,
                 traffic_limit,
                 secret,
+                rate_limits,
             });
         }
         Ok(out)
@@ -1027,6 +1092,63 @@ impl Validator<'_> {
             });
         }
         Ok(out)
+    }
+
+    fn rate_limits(&self, r: &raw::RawRateLimits) -> Result<RateLimitsConfig, ConfigError> {
+        let backend = match r.backend.as_str() {
+            "memory" => RateLimitBackend::Memory,
+            "redis" => RateLimitBackend::Redis,
+            other => {
+                return Err(self.err(
+                    "rate_limits.backend",
+                    format!("must be \"memory\" or \"redis\", got {other:?}"),
+                ));
+            }
+        };
+        Ok(RateLimitsConfig {
+            backend,
+            library: self.limit("rate_limits.library", r.library.as_ref())?,
+            user: self.limit("rate_limits.user", r.user.as_ref())?,
+            auth_failures: self.limit("rate_limits.auth_failures", r.auth_failures.as_ref())?,
+        })
+    }
+
+    fn limit(&self, key: &str, raw: Option<&raw::RawLimit>) -> Result<Option<Limit>, ConfigError> {
+        let Some(l) = raw else {
+            return Ok(None);
+        };
+        let at = |field: &str| format!("{key}.{field}");
+        let per = self.positive_duration(&at("per"), &l.per)?;
+        if per > MAX_LIMIT_PER {
+            return Err(self.err(&at("per"), "must be at most 24h"));
+        }
+        if l.rate < 1 {
+            return Err(self.err(&at("rate"), format!("must be at least 1, got {}", l.rate)));
+        }
+        if l.burst < 1 {
+            return Err(self.err(&at("burst"), format!("must be at least 1, got {}", l.burst)));
+        }
+        if l.burst > MAX_LIMIT_BURST {
+            return Err(self.err(&at("burst"), format!("must be at most {MAX_LIMIT_BURST}")));
+        }
+        // One request per microsecond is the finest interval the limiter keeps.
+        let rate = u32::try_from(l.rate)
+            .ok()
+            .filter(|&rate| per.as_micros() / u128::from(rate) >= 1)
+            .ok_or_else(|| {
+                self.err(
+                    &at("rate"),
+                    format!(
+                        "{} per {:?} is more than one request per microsecond",
+                        l.rate, per
+                    ),
+                )
+            })?;
+        Ok(Some(Limit {
+            rate,
+            per,
+            burst: l.burst as u32,
+        }))
     }
 
     fn cache(&self, c: &raw::RawCache) -> Result<CacheConfig, ConfigError> {

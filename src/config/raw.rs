@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub libraries: Vec<RawLibrary>,
     pub cache: RawCache,
     pub routes: RawRoutes,
+    pub rate_limits: RawRateLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +203,7 @@ pub struct RawLibrary {
     /// The SMH library secret (`upstream.credential = "library_secret"`).
     pub secret_env: Option<String>,
     pub secret_file: Option<String>,
+    pub rate_limits: Option<RawLibraryRateLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,4 +258,50 @@ pub struct RawRule {
     pub permissions: Option<Vec<String>>,
     pub traffic_limit: Option<String>,
     pub params: Option<Vec<String>>,
+}
+
+/// `[rate_limits]` (SPEC §13): each limit is off when left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimits {
+    pub backend: String,
+    pub library: Option<RawLimit>,
+    pub user: Option<RawLimit>,
+    pub auth_failures: Option<RawLimit>,
+}
+
+impl Default for RawRateLimits {
+    fn default() -> Self {
+        RawRateLimits {
+            backend: "memory".into(),
+            library: None,
+            user: None,
+            auth_failures: None,
+        }
+    }
+}
+
+/// A library's `rate_limits = { library = {..}, user = {..} }`: each replaces the
+/// global limit of that kind for this library.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLibraryRateLimits {
+    pub library: Option<RawLimit>,
+    pub user: Option<RawLimit>,
+}
+
+/// `{ rate = N, per = "1s", burst = M }`; `rate` and `burst` are required, `per`
+/// defaults to one second. Signed, so that a negative value is reported by the
+/// validator with the key rather than as a serde type error.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    pub rate: i64,
+    #[serde(default = "one_second")]
+    pub per: String,
+    pub burst: i64,
+}
+
+fn one_second() -> String {
+    "1s".into()
 }

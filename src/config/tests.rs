@@ -1017,3 +1017,139 @@ fn jwks_url_fields_are_read() {
     assert_eq!(c.auth.jwks_refetch_cooldown, Duration::from_secs(60));
     assert_eq!(c.auth.jwks_max_stale, Duration::from_secs(7200));
 }
+
+#[test]
+fn rate_limits_are_off_by_default() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.rate_limits, RateLimitsConfig::default());
+    assert_eq!(c.rate_limits.backend, RateLimitBackend::Memory);
+    assert_eq!(c.rate_limits_for("any"), LibraryRateLimits::default());
+}
+
+#[test]
+fn rate_limits_and_library_overrides_map_to_their_typed_form() {
+    let c = parse_ok(&with(
+        "[rate_limits]\nbackend = \"redis\"\n\
+         library = { rate = 100, per = \"1s\", burst = 200 }\n\
+         user = { rate = 5, burst = 10 }\n\
+         auth_failures = { rate = 10, per = \"1m\", burst = 20 }\n\
+         [[libraries]]\nid = \"lib1\"\nrate_limits = { user = { rate = 50, per = \"500ms\", burst = 50 } }\n\
+         [[libraries]]\nid = \"lib2\"",
+    ));
+    let limit = |rate, per_ms, burst| Limit {
+        rate,
+        per: Duration::from_millis(per_ms),
+        burst,
+    };
+    let r = &c.rate_limits;
+    assert_eq!(r.backend, RateLimitBackend::Redis);
+    assert_eq!(r.library, Some(limit(100, 1000, 200)));
+    assert_eq!(r.user, Some(limit(5, 1000, 10)), "per defaults to 1s");
+    assert_eq!(r.auth_failures, Some(limit(10, 60_000, 20)));
+    let lib1 = c.rate_limits_for("lib1");
+    assert_eq!(lib1.user, Some(limit(50, 500, 50)));
+    assert_eq!(
+        lib1.library,
+        Some(limit(100, 1000, 200)),
+        "not overridden: global"
+    );
+    assert_eq!(c.rate_limits_for("lib2").user, Some(limit(5, 1000, 10)));
+    assert_eq!(c.rate_limits_for("unlisted").user, Some(limit(5, 1000, 10)));
+}
+
+#[test]
+fn bad_rate_limit_is_an_error_naming_its_key() {
+    let rl = |body: &str| with(&format!("[rate_limits]\n{body}"));
+    let libl = |body: &str| {
+        with(&format!(
+            "[[libraries]]\nid = \"lib1\"\nrate_limits = {body}"
+        ))
+    };
+    check_errors(&[
+        (
+            rl("backend = \"memcached\""),
+            Some("rate_limits.backend"),
+            "must be \"memory\" or \"redis\"",
+        ),
+        (
+            rl("library = { rate = 0, burst = 1 }"),
+            Some("rate_limits.library.rate"),
+            "must be at least 1, got 0",
+        ),
+        (
+            rl("user = { rate = -3, burst = 1 }"),
+            Some("rate_limits.user.rate"),
+            "must be at least 1, got -3",
+        ),
+        (
+            rl("auth_failures = { rate = 1, burst = 0 }"),
+            Some("rate_limits.auth_failures.burst"),
+            "must be at least 1, got 0",
+        ),
+        (
+            rl("user = { rate = 1, burst = 2000000 }"),
+            Some("rate_limits.user.burst"),
+            "must be at most 1000000",
+        ),
+        (
+            rl("user = { rate = 1, per = \"0s\", burst = 1 }"),
+            Some("rate_limits.user.per"),
+            "must be greater than zero",
+        ),
+        (
+            rl("user = { rate = 1, per = \"soon\", burst = 1 }"),
+            Some("rate_limits.user.per"),
+            "invalid duration",
+        ),
+        (
+            rl("user = { rate = 1, per = \"2d\", burst = 1 }"),
+            Some("rate_limits.user.per"),
+            "must be at most 24h",
+        ),
+        (
+            rl("user = { rate = 2000, per = \"1ms\", burst = 1 }"),
+            Some("rate_limits.user.rate"),
+            "more than one request per microsecond",
+        ),
+        (
+            rl("user = { rate = 1 }"),
+            Some("rate_limits.user.burst"),
+            "missing field `burst`",
+        ),
+        (
+            rl("user = { burst = 1 }"),
+            Some("rate_limits.user.rate"),
+            "missing field `rate`",
+        ),
+        (
+            rl("user = { rate = 1, burst = 1, window = \"1s\" }"),
+            Some("rate_limits.user.window"),
+            "unknown field `window`",
+        ),
+        (
+            rl("per_ip = { rate = 1, burst = 1 }"),
+            Some("rate_limits.per_ip"),
+            "unknown field `per_ip`",
+        ),
+        (
+            rl("user = { rate = 1.5, burst = 1 }"),
+            Some("rate_limits.user.rate"),
+            "invalid type",
+        ),
+        (
+            libl("{ user = { rate = 0, burst = 1 } }"),
+            Some("libraries[0].rate_limits.user.rate"),
+            "must be at least 1",
+        ),
+        (
+            libl("{ library = { rate = 1, burst = 0 } }"),
+            Some("libraries[0].rate_limits.library.burst"),
+            "must be at least 1",
+        ),
+        (
+            libl("{ auth_failures = { rate = 1, burst = 1 } }"),
+            Some("libraries[0].rate_limits.auth_failures"),
+            "unknown field `auth_failures`",
+        ),
+    ]);
+}

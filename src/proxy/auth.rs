@@ -77,6 +77,9 @@ pub struct Verifier {
     credential_claim: Option<String>,
     leeway_secs: u64,
     cache: VerifiedCache,
+    /// Full verifications (cache misses): `smh_gateway_token_verifications_total`
+    /// once the gateway hands in its counter.
+    verifications: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -117,6 +120,7 @@ impl Verifier {
             max_token_bytes: auth.max_token_bytes,
             leeway_secs: leeway_secs(auth.leeway),
             cache: VerifiedCache::new(),
+            verifications: prometheus::IntCounter::new("unregistered", "-").expect("valid metric"),
             credential_claim: match &config.upstream.credential {
                 CredentialMode::Claim(name) => Some(name.clone()),
                 _ => None,
@@ -177,6 +181,11 @@ impl Verifier {
         Ok(principal)
     }
 
+    /// Counts full verifications into `counter` (the gateway's registered one).
+    pub fn count_verifications_into(&mut self, counter: prometheus::IntCounter) {
+        self.verifications = counter;
+    }
+
     /// Verifies a token from scratch against the file keys alone (tests, tools).
     pub fn verify(&self, token: &Secret) -> Result<Principal, AuthFailure> {
         self.verify_full(&self.file_set, token)
@@ -193,6 +202,7 @@ impl Verifier {
 
     /// Verifies a token against `keys`.
     fn verify_full(&self, keys: &KeySet, token: &Secret) -> Result<Verified, AuthFailure> {
+        self.verifications.inc();
         let token = token.expose();
         if token.len() > self.max_token_bytes {
             return Err(AuthFailure::TooLarge);

@@ -43,6 +43,7 @@ use crate::config::{Config, ConfigError, Unmatched};
 use crate::error::GatewayError;
 use crate::limit::Limit;
 use crate::metrics::{Metrics, RouteMetrics, library_label};
+use crate::ratelimit::{self, RateLimiter};
 use crate::request_id::RequestIds;
 use crate::secret::Secret;
 use crate::tasks::Tasks;
@@ -88,6 +89,7 @@ pub struct Settings {
     pub credential: CredentialSource,
     pub router: Router,
     pub upstream: Arc<Upstream>,
+    pub rate_limits: ratelimit::Rules,
 }
 
 impl Settings {
@@ -107,6 +109,7 @@ impl Settings {
             verifier: Verifier::from_config(&config)?,
             credential: CredentialSource::from_config(&config)?,
             router,
+            rate_limits: ratelimit::Rules::from_config(&config),
             config,
         })
     }
@@ -133,6 +136,8 @@ pub struct Context {
     pub traffic_limit: Option<u64>,
     /// Where a renew answer came from, when the cache was asked.
     pub cache: Option<Source>,
+    /// `RateLimit-Policy` and `RateLimit`, when a limit was checked.
+    pub rate_limit: Option<ratelimit::Headers>,
 }
 
 /// A request being handled. If its future is dropped before the answer (the client
@@ -199,11 +204,12 @@ pub struct Gateway {
     /// SMH tokens obtained with library secrets (`upstream.credential =
     /// "library_secret"`); empty in the other modes.
     tokens: Arc<TokenManager>,
+    rate_limits: RateLimiter,
 }
 
 impl Gateway {
     pub fn new(
-        settings: Settings,
+        mut settings: Settings,
         access_log: AccessLog,
         cache: Option<RenewCache>,
         tasks: Tasks,
@@ -216,6 +222,13 @@ impl Gateway {
             .collect();
         let max_in_flight = settings.config.server.max_in_flight;
         let metrics = Arc::new(Metrics::new(&libraries, COMMON_ROUTES));
+        settings
+            .verifier
+            .count_verifications_into(metrics.token_verifications().clone());
+        let rate_limits = RateLimiter::new(
+            metrics.clone(),
+            cache.as_ref().and_then(RenewCache::redis_link),
+        );
         let tokens = Arc::new(TokenManager::new(
             settings.upstream.clone(),
             cache.as_ref().and_then(RenewCache::redis),
@@ -223,6 +236,7 @@ impl Gateway {
         ));
         Gateway {
             keys: Arc::new(KeyStore::new(settings.verifier.key_sources())),
+            rate_limits,
             settings: ArcSwap::from_pointee(settings),
             tokens,
             cache,
@@ -269,11 +283,14 @@ impl Gateway {
     /// Swaps in new settings; requests already running keep the old ones. The key
     /// store takes the new file keys and JWKS URLs first (unchanged URLs keep
     /// their fetched sets).
-    pub fn replace_settings(&self, settings: Settings) {
+    pub fn replace_settings(&self, mut settings: Settings) {
         self.keys.reconfigure(settings.verifier.key_sources());
         self.tokens.use_upstream(settings.upstream.clone());
         self.in_flight
             .set_capacity(settings.config.server.max_in_flight);
+        settings
+            .verifier
+            .count_verifications_into(self.metrics.token_verifications().clone());
         self.settings.store(Arc::new(settings));
     }
 
@@ -328,6 +345,11 @@ impl Gateway {
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
+        }
+        if let Some(limit) = ctx.rate_limit.clone() {
+            let h = resp.headers_mut();
+            h.insert(ratelimit::RATELIMIT_POLICY.clone(), limit.policy);
+            h.insert(ratelimit::RATELIMIT.clone(), limit.state);
         }
         let status = resp.status().as_u16();
         self.log(
@@ -466,14 +488,23 @@ impl Gateway {
                 None
             }
             AuthPolicy::Token => {
-                let token = caller_token
-                    .as_ref()
-                    .ok_or(GatewayError::EmptyAccessToken)?;
-                let principal = settings
-                    .verifier
-                    .authenticate(&self.keys, token)
-                    .await
-                    .map_err(GatewayError::InvalidAccessToken)?;
+                // Before any signature check: an address whose tokens keep being
+                // refused gets 429 here (SPEC §13), and refusals are counted.
+                let limits = &settings.rate_limits;
+                self.rate_limits
+                    .check_auth_failures(limits, client.addr, &mut ctx.rate_limit)?;
+                let verified = match caller_token.as_ref() {
+                    None => Err(GatewayError::EmptyAccessToken),
+                    Some(token) => settings
+                        .verifier
+                        .authenticate(&self.keys, token)
+                        .await
+                        .map_err(GatewayError::InvalidAccessToken),
+                };
+                let principal = self
+                    .rate_limits
+                    .after_auth(limits, client.addr, verified)
+                    .await?;
                 let library = match &op.values.library {
                     Some(l) => l.clone(),
                     // Rows whose path names no library (shares by code) act in the
@@ -485,7 +516,7 @@ impl Gateway {
                     space: s.clone(),
                     target: false,
                 }));
-                policy::authorize(
+                let authorized = policy::authorize(
                     &config.libraries,
                     &principal,
                     &policy::Request {
@@ -497,7 +528,18 @@ impl Gateway {
                         permissions: op.route.required(op.permanent),
                         user_id: op.user_id.as_deref(),
                     },
-                )?;
+                );
+                // Every verified request counts, whatever policy says (SPEC §13).
+                let limited = (self.rate_limits)
+                    .check(
+                        limits,
+                        &library,
+                        principal.user.as_deref(),
+                        &mut ctx.rate_limit,
+                    )
+                    .await;
+                authorized?;
+                limited?;
                 ctx.library = Some(library);
                 Some(principal)
             }
@@ -620,10 +662,20 @@ impl Gateway {
             body,
         };
         let resp = match managed {
-            None => self.send(&settings.upstream, req, &route_metrics, ctx).await?,
-            Some((request, token)) => {
-                self.send_managed(&settings.upstream, req, &request, token, &route_metrics, ctx)
+            None => {
+                self.send(&settings.upstream, req, &route_metrics, ctx)
                     .await?
+            }
+            Some((request, token)) => {
+                self.send_managed(
+                    &settings.upstream,
+                    req,
+                    &request,
+                    token,
+                    &route_metrics,
+                    ctx,
+                )
+                .await?
             }
         };
         if op.route.cache == CacheRole::Invalidate

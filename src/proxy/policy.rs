@@ -213,6 +213,7 @@ mod tests {
                 max: 2,
                 default: None,
             },
+            rate_limits: Default::default(),
         }
     }
 

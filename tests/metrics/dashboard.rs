@@ -111,6 +111,9 @@ pub async fn dashboard_queries_return_data(prom: &Prometheus, instance: &str) {
         "Upstream errors",
         "Renewals per library",
         "Granted traffic_limit per library",
+        "Rate-limited requests by limit",
+        "Rate-limit backend errors",
+        "Token verifications",
     ] {
         assert!(titles.contains(want), "no panel {want:?} in {titles:?}");
     }

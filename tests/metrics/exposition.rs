@@ -73,6 +73,9 @@ pub const FAMILIES: &[(&str, &[&str])] = &[
     ("smh_gateway_jwks_refresh_total", &["result"]),
     ("smh_gateway_jwks_keys", &[]),
     ("smh_gateway_jwks_age_seconds", &[]),
+    ("smh_gateway_rate_limited_total", &["limit"]),
+    ("smh_gateway_rate_limit_backend_errors_total", &[]),
+    ("smh_gateway_token_verifications_total", &[]),
 ];
 
 /// The family a sample belongs to, and whether it is a histogram bucket.
