@@ -20,6 +20,8 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod log;
 pub mod metrics;
 pub mod mock_upstream;
