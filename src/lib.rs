@@ -26,6 +26,8 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limit;
 pub mod log;
 pub mod metrics;

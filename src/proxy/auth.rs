@@ -186,6 +186,11 @@ impl Verifier {
         self.verifications = counter;
     }
 
+    /// The keys of `auth.keys` and `auth.jwks_file` (tests, tools, fuzzing).
+    pub fn file_set(&self) -> &KeySet {
+        &self.file_set
+    }
+
     /// Verifies a token from scratch against the file keys alone (tests, tools).
     pub fn verify(&self, token: &Secret) -> Result<Principal, AuthFailure> {
         self.verify_full(&self.file_set, token)

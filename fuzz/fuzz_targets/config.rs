@@ -1,0 +1,5 @@
+//! Fuzz target `config`: the properties live in `smh_gateway::fuzzing::config`, shared
+//! with the corpus replay in `tests/fuzz_corpus.rs`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| smh_gateway::fuzzing::config(data));
