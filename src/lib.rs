@@ -11,6 +11,7 @@
 //! - [`access_log`]: one JSON line per request
 //! - [`admin`]: `/healthz`, `/readyz`
 //! - [`config`]: the TOML file, validated
+//! - [`text`]: hot-path text writers (addresses) without `core::fmt`
 //!
 //! Tools around it: [`token`] (minting), [`mock_upstream`], [`demo`].
 
@@ -29,4 +30,5 @@ pub mod secret;
 pub mod server;
 pub mod smh;
 pub mod template;
+pub mod text;
 pub mod token;
