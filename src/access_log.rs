@@ -16,8 +16,6 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
-
 /// How often buffered lines are written out.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Buffered bytes that wake the writer early.
@@ -60,39 +58,77 @@ pub struct AccessRecord {
     pub reason: Option<&'static str>,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    ts: String,
-    request_id: &'a str,
-    method: &'a str,
-    route: &'a str,
-    status: u16,
-    duration_ms: f64,
-    upstream_status: Option<u16>,
-    cache: Option<&'static str>,
-    client: std::net::IpAddr,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
-}
-
 impl AccessRecord {
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.line()).unwrap_or_default()
+        let mut out = Vec::with_capacity(256);
+        self.write_json(&mut out);
+        // Every part written is UTF-8 (escaped strings, digits, punctuation).
+        String::from_utf8(out).unwrap_or_default()
     }
 
-    fn line(&self) -> Line<'_> {
-        Line {
-            ts: now_rfc3339(),
-            request_id: &self.request_id,
-            method: self.method,
-            route: &self.route,
-            status: self.status,
-            duration_ms: (self.duration.as_secs_f64() * 1e6).round() / 1e3,
-            upstream_status: self.upstream_status,
-            cache: self.cache,
-            client: self.client.ip(),
-            reason: self.reason,
+    /// Appends the record as one JSON object (no newline). Written by hand into the
+    /// caller's buffer rather than through serde: the line is the same every time,
+    /// and a derive plus a `String` for the timestamp cost about twice as much per
+    /// request.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ts\":\"");
+        write_now_rfc3339(out);
+        out.extend_from_slice(b"\",\"request_id\":");
+        json_str(out, &self.request_id);
+        out.extend_from_slice(b",\"method\":");
+        json_str(out, self.method);
+        out.extend_from_slice(b",\"route\":");
+        json_str(out, &self.route);
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        out.extend_from_slice(b",\"duration_ms\":");
+        // Milliseconds with three decimals, as a JSON number: "1.234", "0.05", "12".
+        let micros = self.duration.as_micros();
+        out.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+        let frac = (micros % 1000) as u16;
+        if frac != 0 {
+            let digits = [
+                b'0' + (frac / 100) as u8,
+                b'0' + (frac / 10 % 10) as u8,
+                b'0' + (frac % 10) as u8,
+            ];
+            let keep = 3 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+            out.push(b'.');
+            out.extend_from_slice(&digits[..keep]);
         }
+        out.extend_from_slice(b",\"upstream_status\":");
+        match self.upstream_status {
+            Some(s) => out.extend_from_slice(itoa::Buffer::new().format(s).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"cache\":");
+        match self.cache {
+            Some(c) => json_str(out, c),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"client\":\"");
+        crate::text::write_ip(out, self.client.ip());
+        out.push(b'"');
+        if let Some(reason) = self.reason {
+            out.extend_from_slice(b",\"reason\":");
+            json_str(out, reason);
+        }
+        out.push(b'}');
+    }
+}
+
+/// `s` as a JSON string. Request ids, route names and labels are plain ASCII, so
+/// the usual case is one scan and one copy; anything else goes through serde_json's
+/// escaping.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
@@ -100,6 +136,13 @@ impl AccessRecord {
 /// the second are formatted once a second per thread; only the milliseconds are
 /// formatted per call.
 pub fn now_rfc3339() -> String {
+    let mut out = Vec::with_capacity(24);
+    write_now_rfc3339(&mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`now_rfc3339`], appended to `out`.
+pub fn write_now_rfc3339(out: &mut Vec<u8>) {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
@@ -121,8 +164,16 @@ pub fn now_rfc3339() -> String {
                 .unwrap_or_default();
             *cached = (secs, formatted);
         }
-        format!("{}.{:03}Z", cached.1, since.subsec_millis())
-    })
+        out.extend_from_slice(cached.1.as_bytes());
+    });
+    let ms = since.subsec_millis();
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
 }
 
 /// Where access lines go.
@@ -183,18 +234,13 @@ impl AccessLog {
                 }
             }
             Sink::Buffered(shared) => {
-                let line = record.line();
                 let mut buf = shared.buf.lock().unwrap_or_else(|e| e.into_inner());
                 if buf.len() >= MAX_BUFFERED {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                // Serialized straight into the shared buffer: no per-line String.
-                let start = buf.len();
-                if serde_json::to_writer(&mut *buf, &line).is_err() {
-                    buf.truncate(start);
-                    return;
-                }
+                // Written straight into the shared buffer: no per-line String.
+                record.write_json(&mut buf);
                 buf.push(b'\n');
                 if buf.len() >= FLUSH_AT {
                     shared.wake.notify_one();
@@ -284,5 +330,64 @@ mod tests {
         assert_eq!(v["duration_ms"], 1.234);
         assert_eq!(v["client"], "127.0.0.1");
         assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+    }
+
+    fn record(duration: Duration, client: &str) -> AccessRecord {
+        AccessRecord {
+            request_id: "r-1".into(),
+            method: "GET",
+            route: Arc::from("info_file"),
+            status: 200,
+            duration,
+            upstream_status: Some(200),
+            cache: Some("HIT"),
+            client: client.parse().unwrap(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn duration_ms_is_milliseconds_with_up_to_three_decimals() {
+        for (micros, expected) in [
+            (0, 0.0),
+            (1, 0.001),
+            (50, 0.05),
+            (1_000, 1.0),
+            (1_234, 1.234),
+            (12_300, 12.3),
+            (86_400_000_001, 86_400_000.001),
+        ] {
+            let line = record(Duration::from_micros(micros), "127.0.0.1:1").to_json();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["duration_ms"].as_f64(), Some(expected), "{line}");
+        }
+        // Nanoseconds below a microsecond are dropped, not rounded into garbage.
+        let line = record(Duration::from_nanos(1_999), "127.0.0.1:1").to_json();
+        assert!(line.contains("\"duration_ms\":0.001,"), "{line}");
+    }
+
+    #[test]
+    fn line_is_valid_json_with_ipv6_clients_odd_strings_and_no_reason() {
+        let mut rec = record(Duration::from_micros(5), "[2001:db8::1]:443");
+        rec.route = Arc::from("we\"ird\\route\n\u{e4}");
+        let v: serde_json::Value = serde_json::from_str(&rec.to_json()).unwrap();
+        assert_eq!(v["client"], "2001:db8::1");
+        assert_eq!(v["route"], "we\"ird\\route\n\u{e4}");
+        assert_eq!(v["cache"], "HIT");
+        assert_eq!(v["upstream_status"], 200);
+        assert!(v.get("reason").is_none());
+        rec.cache = None;
+        rec.upstream_status = None;
+        let v: serde_json::Value = serde_json::from_str(&rec.to_json()).unwrap();
+        assert!(v["cache"].is_null() && v["upstream_status"].is_null());
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        let ts = now_rfc3339();
+        assert_eq!(ts.len(), "2026-12-02T04:10:00.123Z".len(), "{ts}");
+        let parsed =
+            time::OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339);
+        assert!(parsed.is_ok(), "{ts}");
     }
 }

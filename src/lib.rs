@@ -13,6 +13,7 @@
 //! - [`access_log`]: one JSON line per request
 //! - [`admin`]: `/healthz`, `/readyz`
 //! - [`config`]: the TOML file, validated
+//! - [`text`]: hot-path text writers (addresses) without `core::fmt`
 //!
 //! - [`tasks`]: background tasks started and stopped from one place
 //!
@@ -41,5 +42,6 @@ pub mod server;
 pub mod smh;
 pub mod tasks;
 pub mod template;
+pub mod text;
 pub mod tls_client;
 pub mod token;

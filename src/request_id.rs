@@ -21,9 +21,19 @@ impl RequestIds {
         }
     }
 
+    /// `<prefix>-<counter in hex, at least 8 digits>`; written by hand, not with
+    /// `format!`: it runs for nearly every request.
     pub fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:08x}", self.prefix)
+        let mut id = String::with_capacity(self.prefix.len() + 1 + 16);
+        id.push_str(&self.prefix);
+        id.push('-');
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(8);
+        for i in (0..digits).rev() {
+            let nibble = ((n >> (i * 4)) & 0xf) as u8;
+            id.push(char::from(b"0123456789abcdef"[usize::from(nibble)]));
+        }
+        id
     }
 }
 
@@ -46,5 +56,22 @@ mod tests {
         assert_ne!(a, b);
         assert!(is_sane_request_id(a.as_bytes()), "{a}");
         assert_ne!(RequestIds::new().next(), RequestIds::new().next());
+    }
+
+    #[test]
+    fn the_counter_is_lowercase_hex_of_at_least_eight_digits() {
+        let ids = RequestIds::new();
+        for (n, expected) in [
+            (0u64, "00000000"),
+            (0xab, "000000ab"),
+            (0xffff_ffff, "ffffffff"),
+            (0x1_0000_0000, "100000000"),
+            (u64::MAX, "ffffffffffffffff"),
+        ] {
+            ids.counter.store(n, Ordering::Relaxed);
+            let id = ids.next();
+            assert_eq!(id, format!("{}-{expected}", ids.prefix));
+            assert_eq!(id, format!("{}-{n:08x}", ids.prefix));
+        }
     }
 }

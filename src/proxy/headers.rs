@@ -47,103 +47,137 @@ static CLIENT_FORWARDING: [HeaderName; 9] = [
 /// Removes hop-by-hop headers, including every header the `Connection` header names
 /// (matched case-insensitively; blank items are ignored).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the few names present is cheaper than
-    // eight removals.
+    // Most messages carry none: one pass over the few names present decides.
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
-    // Bytes, not `to_str`: one non-ASCII byte must not make the whole list ignored.
-    // `HeaderName::from_bytes` lowercases, so `X-A` names `x-a`.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    // Rebuilt in one pass rather than removing each name: a removal hashes its
+    // name whether present or not, and every keep-alive answer names `Connection`.
+    let named = connection_named(headers);
+    let old = std::mem::take(headers);
+    headers.reserve(old.len());
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in old {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        let Some(name) = current.as_ref() else {
+            continue;
+        };
+        if !HOP_BY_HOP.contains(name) && !named.contains(name) {
+            headers.append(name.clone(), value);
+        }
     }
 }
 
 /// The request headers sent upstream: the caller's end-to-end headers, less its
 /// credentials, `Host` (the client sets the upstream's) and forwarding claims, plus
 /// the gateway's forwarding headers.
+///
+/// One pass over the caller's headers builds the new map: each header is kept,
+/// dropped, or folded into the `X-Forwarded-For` chain or the joined `Cookie`.
+/// (Removing the ~20 names that must not go upstream from a copy instead hashed
+/// each of them, present or not, on every request.)
 pub fn upstream_request_headers(
-    mut headers: HeaderMap,
+    headers: HeaderMap,
     client: SocketAddr,
     proto: &'static str,
     request_id: &str,
 ) -> HeaderMap {
-    // First: an `X-Forwarded-For` that `Connection` names was for the previous hop
-    // alone and must not seed the chain.
-    strip_hop_by_hop(&mut headers);
-    // One pass over the names present decides what to remove: most requests carry
-    // none of these, and each removal hashes its name.
-    // The caller's Content-Length goes too: the body sent upstream is the gateway's
-    // (dropped on rows without one), framed by hyper from the bytes actually sent. A
-    // stale length would make SMH read the next request on a pooled connection as
-    // this one's body (request smuggling).
-    let dropped = |name: &HeaderName| {
-        name == header::AUTHORIZATION
+    // Names the caller's `Connection` lists were for the previous hop alone; an
+    // `X-Forwarded-For` among them must not seed the chain either.
+    let connection_named = connection_named(&headers);
+    let mut out = HeaderMap::with_capacity(headers.len() + 3);
+    let mut chain: Vec<u8> = Vec::new();
+    let mut cookies: Vec<HeaderValue> = Vec::new();
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in headers {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        let Some(name) = current.as_ref() else {
+            continue;
+        };
+        // The caller's Content-Length goes too: the body sent upstream is the
+        // gateway's (dropped on rows without one), framed by hyper from the bytes
+        // actually sent. A stale length would make SMH read the next request on a
+        // pooled connection as this one's body (request smuggling).
+        // `X-Forwarded-Proto` and `X-Request-Id` are the gateway's to set.
+        if name == header::AUTHORIZATION
             || name == header::HOST
             || name == header::CONTENT_LENGTH
+            || name == X_FORWARDED_PROTO
+            || name == X_REQUEST_ID
+            || HOP_BY_HOP.contains(name)
             || CLIENT_FORWARDING.contains(name)
-    };
-    if headers.keys().any(dropped) {
-        headers.remove(header::AUTHORIZATION);
-        headers.remove(header::HOST);
-        headers.remove(header::CONTENT_LENGTH);
-        for name in &CLIENT_FORWARDING {
-            headers.remove(name);
+            || connection_named.contains(name)
+        {
+            continue;
         }
+        if name == X_FORWARDED_FOR {
+            // A list split over several lines is one list (RFC 9110 §5.3): keeping
+            // only the first would let a client hide entries from whoever reads it.
+            let prior = value.as_bytes().trim_ascii();
+            if !prior.is_empty() {
+                chain.extend_from_slice(prior);
+                chain.extend_from_slice(b", ");
+            }
+            continue;
+        }
+        if name == header::COOKIE {
+            cookies.push(value);
+            continue;
+        }
+        out.append(name.clone(), value);
     }
-    join_cookie_crumbs(&mut headers);
-    match forwarded_for(&headers, client.ip()) {
-        Some(v) => headers.insert(X_FORWARDED_FOR.clone(), v),
-        None => headers.remove(&X_FORWARDED_FOR),
-    };
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    // `insert` replaces every value the caller sent; an id that is not a header
-    // value cannot leave the caller's in place.
-    match HeaderValue::from_str(request_id) {
-        Ok(v) => headers.insert(X_REQUEST_ID.clone(), v),
-        Err(_) => headers.remove(&X_REQUEST_ID),
-    };
-    headers
+    if let Some(cookie) = join_cookie_crumbs(cookies) {
+        out.insert(header::COOKIE, cookie);
+    }
+    if let Some(v) = forwarded_for(chain, client.ip()) {
+        out.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    // An id that is not a header value cannot leave the caller's in place: the
+    // caller's was skipped above.
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        out.insert(X_REQUEST_ID.clone(), v);
+    }
+    out
 }
 
-/// The caller's `X-Forwarded-For` lines joined in order, then `client`. A list
-/// split over several lines is one list (RFC 9110 §5.3): keeping only the first
-/// would let a client hide entries from whoever reads the chain.
-fn forwarded_for(headers: &HeaderMap, client: IpAddr) -> Option<HeaderValue> {
-    let client = client.to_string();
-    let mut chain = Vec::new();
-    for prior in headers.get_all(&X_FORWARDED_FOR) {
-        let prior = prior.as_bytes().trim_ascii();
-        if !prior.is_empty() {
-            chain.extend_from_slice(prior);
-            chain.extend_from_slice(b", ");
-        }
-    }
-    chain.extend_from_slice(client.as_bytes());
+/// The header names the `Connection` lines list (matched case-insensitively,
+/// blank items ignored). Bytes, not `to_str`: one non-ASCII byte must not make the
+/// whole list ignored. `HeaderName::from_bytes` lowercases, so `X-A` names `x-a`.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .collect()
+}
+
+/// `chain` (the caller's `X-Forwarded-For` entries, each followed by `", "`), then
+/// `client`.
+fn forwarded_for(mut chain: Vec<u8>, client: IpAddr) -> Option<HeaderValue> {
+    let start = chain.len();
+    crate::text::write_ip(&mut chain, client);
     // Every part came from a header value or is an address, so this does not fail;
     // if it ever did, the address alone is still the truth.
     HeaderValue::from_bytes(&chain)
-        .or_else(|_| HeaderValue::from_str(&client))
+        .or_else(|_| HeaderValue::from_bytes(&chain[start..]))
         .ok()
 }
 
 /// HTTP/2 clients may split `Cookie` into one line per cookie (RFC 9113 §8.2.3);
 /// an HTTP/1.1 upstream expects one line, so the crumbs are joined with `"; "`.
-fn join_cookie_crumbs(headers: &mut HeaderMap) {
-    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
-        return;
+/// One line passes as it is.
+fn join_cookie_crumbs(mut crumbs: Vec<HeaderValue>) -> Option<HeaderValue> {
+    if crumbs.len() <= 1 {
+        return crumbs.pop();
     }
     let mut joined = Vec::new();
-    for crumb in headers.get_all(header::COOKIE) {
+    for crumb in &crumbs {
         let crumb = crumb.as_bytes().trim_ascii();
         if crumb.is_empty() {
             continue;
@@ -153,10 +187,10 @@ fn join_cookie_crumbs(headers: &mut HeaderMap) {
         }
         joined.extend_from_slice(crumb);
     }
-    match HeaderValue::from_bytes(&joined) {
-        Ok(v) if !joined.is_empty() => headers.insert(header::COOKIE, v),
-        _ => headers.remove(header::COOKIE),
-    };
+    if joined.is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(&joined).ok()
 }
 
 /// Whether an upstream response says unambiguously where its body ends: not both
@@ -277,6 +311,25 @@ mod tests {
         assert_eq!(out["x-forwarded-proto"], "https");
         assert_eq!(out["x-request-id"], "rid-1");
         assert_eq!(out["user-agent"], "sdk/1");
+    }
+
+    #[test]
+    fn repeated_headers_keep_every_value_in_order_and_dropped_ones_drop_every_value() {
+        let out = upstream(&[
+            ("x-multi", "1"),
+            ("host", "a.example"),
+            ("x-multi", "2"),
+            ("host", "b.example"),
+            ("accept", "application/json"),
+            ("x-multi", "3"),
+            ("content-length", "0"),
+            ("content-length", "0"),
+        ]);
+        assert_eq!(values(&out, "x-multi"), [b"1", b"2", b"3"]);
+        assert_eq!(values(&out, "accept"), [b"application/json"]);
+        assert!(out.get(header::HOST).is_none());
+        assert!(out.get(header::CONTENT_LENGTH).is_none());
+        assert_eq!(out.len(), 4 + 3, "{out:?}");
     }
 
     #[test]
