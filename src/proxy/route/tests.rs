@@ -429,10 +429,20 @@ fn bearer_token_and_conflicts() {
     let mut basic = HeaderMap::new();
     basic.insert(header::AUTHORIZATION, "Basic dTpw".parse().unwrap());
     assert_eq!(
-        Operation::parse(route, &Target::new(&uri), &basic)
+        Operation::parse(route.clone(), &Target::new(&uri), &basic)
             .unwrap()
             .token,
         None
+    );
+    // Found by fuzzing: a tab inside a Bearer token was forwarded as access_token,
+    // which the gateway itself refuses in a query (the rebuild did not re-match).
+    let mut tab = HeaderMap::new();
+    tab.insert(header::AUTHORIZATION, "Bearer ab\tcd".parse().unwrap());
+    assert_eq!(
+        Operation::parse(route, &Target::new(&uri), &tab)
+            .unwrap_err()
+            .code(),
+        "ParamInvalid"
     );
 }
 
