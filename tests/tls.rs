@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use common::*;
 use http::{Method, Request, Version};
@@ -20,19 +18,6 @@ fn tls_server() -> String {
         fixture("tls/server.pem").display(),
         fixture("tls/server.key").display()
     )
-}
-
-fn client_tls() -> rustls::ClientConfig {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(fixture("tls/ca.pem")).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
 }
 
 async fn https_get(url: &str, http2: bool) -> (u16, Version, Bytes) {

@@ -785,3 +785,19 @@ pub async fn until_metric(admin: SocketAddr, series: &str, done: impl Fn(f64) ->
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A TLS client config that trusts the test CA (`tls/ca.pem`), for the HTTPS tests.
+pub fn client_tls() -> rustls::ClientConfig {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(fixture("tls/ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
