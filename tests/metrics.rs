@@ -46,10 +46,14 @@ fn expect_status(r: &Resp, status: u16, what: &str) {
 
 /// Ten requests: nine different outcomes with different confirm keys, so that none
 /// comes from the renew cache, then the first renew again, answered by the cache.
-async fn send_mix(gw: &TestGateway) {
-    let tok = token();
-    let expired = token_with(json!({ "exp": now() - 3600 }));
-    let viewer = token_with(json!({ "permissions": ["view"] }));
+/// `round` goes into every token (`jti`): a mix sent again within the same second
+/// would otherwise reuse the same tokens, found in the verified-token cache, and
+/// verify fewer than [`mix_counters`] says.
+async fn send_mix(gw: &TestGateway, round: u32) {
+    let jti = format!("mix-round-{round}");
+    let tok = token_with(json!({ "jti": jti }));
+    let expired = token_with(json!({ "exp": now() - 3600, "jti": jti }));
+    let viewer = token_with(json!({ "permissions": ["view"], "jti": jti }));
     let tl = |v: &str| format!("access_token={tok}&traffic_limit={v}");
     let q = |t: &str| format!("access_token={t}");
     let no_token = "traffic_limit=500000".to_string();
@@ -134,7 +138,7 @@ async fn metrics_count_a_mix_of_traffic_with_exact_labels_and_values() {
         ..Setup::default()
     })
     .await;
-    send_mix(&gw).await;
+    send_mix(&gw, 1).await;
     let (resp, samples) = scrape(gw.admin).await;
     assert_eq!(
         resp.headers["content-type"],
@@ -461,7 +465,7 @@ async fn promtool_accepts_the_metrics_output() {
         ..Setup::default()
     })
     .await;
-    send_mix(&gw).await;
+    send_mix(&gw, 1).await;
     let (resp, _) = scrape(gw.admin).await;
     // Exit 0 means no format error and no lint problem (those exit 3).
     let out = promtool(&["check", "metrics"], &resp.body);
@@ -527,7 +531,7 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_query_returns_data()
     // second on. That is how Prometheus treats any new series.
     let counters = r#"{__name__=~"smh_gateway_.+_total", __name__!~"smh_gateway_cache_.+"} > 0"#;
     for round in [1.0, 2.0] {
-        send_mix(&gw).await;
+        send_mix(&gw, round as u32).await;
         let want: BTreeMap<String, f64> = mix_counters()
             .into_iter()
             .map(|(k, v)| (k, v * round))
