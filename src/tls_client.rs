@@ -1,10 +1,15 @@
 //! The rustls client setup every outgoing https connection shares: the upstream
 //! (`upstream.ca_file`) and the identity providers' JWKS URLs
 //! (`auth.jwks_urls[].ca_file`). Trust is the webpki roots, or only the CA
-//! certificates of a PEM file when one is given.
+//! certificates of a PEM file when one is given. And the one connector (TCP, then
+//! TLS for `https://`) that both kinds of connection are made with.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 
 use rustls::client::WantsClientCert;
 use rustls::{ClientConfig, ConfigBuilder, RootCertStore};
@@ -44,4 +49,20 @@ pub fn builder(
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?
         .with_root_certificates(roots))
+}
+
+/// The connector of every outgoing connection: TCP (no Nagle; keep-alive probes
+/// after a minute; `connect_timeout` for the TCP connect), then TLS with `tls` for
+/// `https://` URLs, plain for `http://`. HTTP/1.1 only.
+pub fn connector(tls: ClientConfig, connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
 }

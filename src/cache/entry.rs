@@ -27,15 +27,15 @@ pub struct Answer {
 /// The unread remainder of an answer too large to buffer, for the one caller that
 /// takes it.
 #[derive(Clone, Default)]
-pub struct Rest(std::sync::Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>);
+pub struct Rest(std::sync::Arc<std::sync::Mutex<Option<crate::proxy::upstream::Body>>>);
 
 impl Rest {
-    pub fn new(body: hyper::body::Incoming) -> Rest {
+    pub fn new(body: crate::proxy::upstream::Body) -> Rest {
         Rest(std::sync::Arc::new(std::sync::Mutex::new(Some(body))))
     }
 
     /// The remainder, for the first caller that asks; `None` afterwards.
-    pub fn take(&self) -> Option<hyper::body::Incoming> {
+    pub fn take(&self) -> Option<crate::proxy::upstream::Body> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }

@@ -966,7 +966,7 @@ static NO_CREDENTIAL: std::sync::LazyLock<Secret> = std::sync::LazyLock::new(|| 
 
 /// An upstream answer the gateway will not relay: a protocol switch it did not ask
 /// for, or framing that disagrees with itself (a response-splitting attempt).
-fn check_response(resp: &Response<Incoming>) -> Result<(), GatewayError> {
+fn check_response(resp: &Response<upstream::Body>) -> Result<(), GatewayError> {
     if resp.status().is_informational() || !headers::response_framing_is_sane(resp.headers()) {
         return Err(GatewayError::UpstreamUnavailable(
             crate::error::UpstreamFailure::Invalid,

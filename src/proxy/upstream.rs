@@ -1,12 +1,13 @@
-//! Phase 5, upstream: one pooled keep-alive client (hyper-util over a rustls
-//! connector, so `https://` upstreams work with webpki roots or `upstream.ca_file`,
-//! presenting `upstream.client_cert` when the upstream asks for one),
-//! the timeouts of SPEC §5, and the mapping of transport failures to 502/504.
+//! Phase 5, upstream: a keep-alive pool of HTTP/1.1 connections ([`pool`], over a
+//! rustls connector, so `https://` upstreams work with webpki roots or
+//! `upstream.ca_file`, presenting `upstream.client_cert` when the upstream asks for
+//! one), the timeouts of SPEC §5, and the mapping of transport failures to 502/504.
 //!
 //! Retries happen only when the connection failed before any byte of the request
-//! was sent: a connect error (hyper-util reports `is_connect`) or a pooled
-//! connection closed before use (hyper-util retries those itself). Anything later
-//! may have reached SMH, so it is never sent twice.
+//! was sent: a connect error (up to `upstream.retries` more tries) or a pooled
+//! connection that closed before use (hyper hands the request back; it goes on
+//! another connection, not counted as a retry). Anything later may have reached
+//! SMH, so it is never sent twice.
 //!
 //! `upstream.max_in_flight` bounds the exchanges running at once: each holds a
 //! [`Permit`] from the request head until its body is read or streamed out. A
@@ -20,14 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -35,13 +31,22 @@ use crate::config::{ClientAuthFiles, ConfigError, UpstreamConfig};
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::metrics::Metrics;
 
+mod pool;
+
+pub use pool::Body;
+use pool::{ConnectError, Pool, SendError};
+
 /// Largest upstream body the gateway buffers (renew answers are a few hundred bytes).
 pub const MAX_BUFFERED_RESPONSE: usize = 1 << 20;
 
+/// How long an upstream connection may sit idle in the pool: under the 60 s
+/// keep-alive of common servers, so the gateway closes first.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(55);
+/// Idle upstream connections kept at most.
+const POOL_MAX_IDLE: usize = 1024;
+
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    scheme: Scheme,
-    authority: Authority,
+    pool: Pool,
     host_header: HeaderValue,
     base_path: String,
     timeout: Duration,
@@ -66,33 +71,28 @@ pub struct UpstreamRequest {
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig, file: &Path) -> Result<Upstream, ConfigError> {
         let tls = tls_config(cfg, file)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(55))
-            .pool_max_idle_per_host(1024)
-            .build(https);
+        let connector = crate::tls_client::connector(tls, cfg.connect_timeout);
         let url = &cfg.url;
         let authority = url
             .authority()
             .cloned()
             .expect("validated: upstream.url has a host");
+        let origin = Uri::builder()
+            .scheme(url.scheme().cloned().unwrap_or(Scheme::HTTP))
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("a scheme and an authority make a URI");
         Ok(Upstream {
-            client,
-            scheme: url.scheme().cloned().unwrap_or(Scheme::HTTP),
+            pool: Pool::new(
+                connector,
+                origin,
+                cfg.connect_timeout,
+                POOL_IDLE_TIMEOUT,
+                POOL_MAX_IDLE,
+            ),
             host_header: HeaderValue::from_str(authority.as_str())
                 .expect("an authority is a valid header value"),
-            authority,
             base_path: url.path().to_string(),
             timeout: cfg.timeout,
             retries: cfg.retries,
@@ -126,45 +126,52 @@ impl Upstream {
     }
 
     /// Sends with retries on connect failure; returns the response head and the
-    /// deadline by which its body must also have arrived (`upstream.timeout`).
+    /// deadline by which its body must also have arrived (`upstream.timeout`, from
+    /// when a connection was had).
     pub async fn send(
         &self,
         req: UpstreamRequest,
-    ) -> Result<(Response<Incoming>, Instant), GatewayError> {
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(req.path_and_query.as_str())
-            .build()
+    ) -> Result<(Response<Body>, Instant), GatewayError> {
+        let uri = Uri::try_from(req.path_and_query)
             .map_err(|_| GatewayError::ParamInvalid("request target cannot be forwarded"))?;
-        let mut attempt = 0;
+        let mut headers = req.headers;
+        headers.insert(header::HOST, self.host_header.clone());
+        if req.body.is_empty() && matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
+        let mut request = Request::new(Full::new(req.body));
+        *request.method_mut() = req.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        let mut failed_connects = 0;
         loop {
-            let deadline = Instant::now() + self.timeout;
-            let mut builder = Request::builder()
-                .method(req.method.clone())
-                .uri(uri.clone());
-            if let Some(h) = builder.headers_mut() {
-                *h = req.headers.clone();
-                h.insert(header::HOST, self.host_header.clone());
-                if req.body.is_empty()
-                    && matches!(req.method, Method::POST | Method::PUT | Method::PATCH)
-                {
-                    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-                }
-            }
-            let request = builder
-                .body(Full::new(req.body.clone()))
-                .map_err(|_| GatewayError::ParamInvalid("request cannot be forwarded"))?;
-            match tokio::time::timeout_at(deadline, self.client.request(request)).await {
-                Err(_) => return Err(GatewayError::UpstreamTimeout),
-                Ok(Ok(resp)) => return Ok((resp, deadline)),
-                Ok(Err(e)) if e.is_connect() => {
-                    if attempt >= self.retries {
+            let conn = match self.pool.checkout().await {
+                Ok(conn) => conn,
+                Err(ConnectError::Failed | ConnectError::TimedOut) => {
+                    if failed_connects >= self.retries {
                         return Err(GatewayError::UpstreamUnavailable(UpstreamFailure::Connect));
                     }
-                    attempt += 1;
+                    failed_connects += 1;
+                    continue;
                 }
-                Ok(Err(_)) => {
+            };
+            let reused = conn.reused;
+            let deadline = Instant::now() + self.timeout;
+            match tokio::time::timeout_at(deadline, conn.send(request)).await {
+                Err(_) => return Err(GatewayError::UpstreamTimeout),
+                Ok(Ok(resp)) => return Ok((resp, deadline)),
+                // A pooled connection closed as it was taken: nothing went out.
+                Ok(Err(SendError::NotSent(unsent))) if reused => request = *unsent,
+                // A fresh connection that closes before the request is written is
+                // the upstream refusing it, as a failed connect is.
+                Ok(Err(SendError::NotSent(unsent))) => {
+                    if failed_connects >= self.retries {
+                        return Err(GatewayError::UpstreamUnavailable(UpstreamFailure::Connect));
+                    }
+                    failed_connects += 1;
+                    request = *unsent;
+                }
+                Ok(Err(SendError::Failed)) => {
                     return Err(GatewayError::UpstreamUnavailable(UpstreamFailure::Invalid));
                 }
             }
@@ -176,12 +183,12 @@ impl Upstream {
 pub enum ReadBody {
     Whole(Bytes),
     /// Over [`MAX_BUFFERED_RESPONSE`]: what was read, and the rest, still unread.
-    TooLarge(Bytes, Incoming),
+    TooLarge(Bytes, Body),
 }
 
 /// Reads an upstream body by `deadline`; one larger than [`MAX_BUFFERED_RESPONSE`]
 /// is handed back half-read, to be streamed on rather than refused.
-pub async fn read_body(mut body: Incoming, deadline: Instant) -> Result<ReadBody, GatewayError> {
+pub async fn read_body(mut body: Body, deadline: Instant) -> Result<ReadBody, GatewayError> {
     use hyper::body::Body as _;
     let read = async {
         let mut buf = bytes::BytesMut::new();
@@ -266,7 +273,7 @@ fn client_identity(
 pub struct StreamedBody {
     /// Bytes already read from `inner`, sent first.
     prefix: Option<Bytes>,
-    inner: Incoming,
+    inner: Body,
     idle: Duration,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// The exchange's `upstream.max_in_flight` slot, until the body ends or is
@@ -275,12 +282,12 @@ pub struct StreamedBody {
 }
 
 impl StreamedBody {
-    pub fn new(inner: Incoming, idle: Duration) -> StreamedBody {
+    pub fn new(inner: Body, idle: Duration) -> StreamedBody {
         StreamedBody::after(None, inner, idle)
     }
 
     /// `prefix` (already read from `inner`), then the rest of `inner`.
-    pub fn after(prefix: Option<Bytes>, inner: Incoming, idle: Duration) -> StreamedBody {
+    pub fn after(prefix: Option<Bytes>, inner: Body, idle: Duration) -> StreamedBody {
         StreamedBody {
             prefix,
             inner,
