@@ -121,6 +121,8 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     in_flight: IntGauge,
     connections: IntGauge,
+    parked: IntGauge,
+    parks: IntCounter,
     access_log_dropped: IntCounter,
     upstream_refused: IntCounter,
     connection_errors: IntCounterVec,
@@ -324,6 +326,16 @@ impl Metrics {
             "smh_gateway_open_connections",
             "Client connections open now.",
         );
+        let parked = gauge(
+            &registry,
+            "smh_gateway_parked_connections",
+            "Open HTTP/1.1 client connections parked while idle: the socket alone, no HTTP buffers held (a subset of smh_gateway_open_connections).",
+        );
+        let parks = plain_counter(
+            &registry,
+            "smh_gateway_connection_parks_total",
+            "Times an idle plain HTTP/1.1 client connection was parked (its HTTP state and buffers released, the socket kept).",
+        );
         let connection_errors = counter(
             &registry,
             "smh_gateway_connection_errors_total",
@@ -471,6 +483,8 @@ impl Metrics {
             config_reloads,
             in_flight,
             connections,
+            parked,
+            parks,
             access_log_dropped,
             upstream_refused,
             connection_errors,
@@ -616,6 +630,16 @@ impl Metrics {
 
     pub fn connections(&self) -> &IntGauge {
         &self.connections
+    }
+
+    /// Client connections parked now (see `server::park`).
+    pub fn parked(&self) -> &IntGauge {
+        &self.parked
+    }
+
+    /// A connection parked.
+    pub fn parks(&self) -> &IntCounter {
+        &self.parks
     }
 
     /// An upstream exchange refused at `upstream.max_in_flight`.

@@ -27,11 +27,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::Request;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -47,6 +45,8 @@ use crate::limit::Limit;
 use crate::metrics::ReloadResult;
 use crate::proxy::{ClientInfo, Gateway, Settings};
 use crate::tasks::Tasks;
+
+mod park;
 
 /// A gateway whose config, keys and upstream are ready and whose ports are bound.
 pub struct Server {
@@ -71,11 +71,10 @@ struct Live {
 struct Front {
     /// `None`: plain HTTP (and h2c).
     tls: Option<TlsAcceptor>,
-    /// HTTP/1.1 or HTTP/2 by the client's first bytes (plain HTTP).
-    sniff: auto::Builder<TokioExecutor>,
-    /// The protocol TLS negotiated by ALPN.
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 or HTTP/2: by ALPN on TLS, by the client's first bytes on plain
+    /// HTTP ([`park::sniff`]).
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     shutdown_grace: Duration,
@@ -311,32 +310,38 @@ async fn connection(
         None => {
             // A client that sends nothing is closed after header_read_timeout, as
             // hyper does once it reads a request head.
-            let mut first = [0u8; 1];
-            let waited = tokio::select! {
-                peeked = tokio::time::timeout(front.header_read_timeout, stream.peek(&mut first)) => peeked,
-                _ = conn.drain.cancelled() => Ok(Ok(0)),
-            };
-            if let Ok(Ok(1..)) = waited {
-                conn.serve(stream, &front.sniff).await;
-            }
-        }
-        Some(acceptor) => {
-            // A failed or slow handshake just closes the socket.
-            let handshake = tokio::select! {
-                done = tokio::time::timeout(front.header_read_timeout, acceptor.accept(stream)) => done.ok(),
+            let sniffed = tokio::select! {
+                sniffed = tokio::time::timeout(front.header_read_timeout, sniff_plain(&stream)) => sniffed.ok().flatten(),
                 _ = conn.drain.cancelled() => None,
             };
-            if let Some(Ok(tls_stream)) = handshake {
-                let builder = if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    &front.http2
-                } else {
-                    &front.http1
-                };
-                conn.serve(tls_stream, builder).await;
+            // Every path but plain HTTP/1.1 is boxed: the task holding an idle
+            // connection is as large as its largest path could need (hyper's
+            // HTTP/2 state, rustls's), ten times a parked connection's.
+            match sniffed {
+                Some(park::Sniffed::Http2) => Box::pin(conn.serve_h2(stream)).await,
+                Some(_) => conn.serve_plain_h1(stream).await,
+                None => {}
             }
         }
+        Some(acceptor) => Box::pin(serve_tls(conn, stream, acceptor.clone())).await,
     }
     open.dec();
+}
+
+/// A TLS connection: the handshake (a failed or slow one just closes the socket),
+/// then HTTP/2 or HTTP/1.1 by ALPN.
+async fn serve_tls(conn: Conn, stream: TcpStream, acceptor: TlsAcceptor) {
+    let handshake = tokio::select! {
+        done = tokio::time::timeout(conn.front.header_read_timeout, acceptor.accept(stream)) => done.ok(),
+        _ = conn.drain.cancelled() => None,
+    };
+    if let Some(Ok(tls_stream)) = handshake {
+        if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            conn.serve_h2(tls_stream).await;
+        } else {
+            conn.serve_h1(tls_stream).await;
+        }
+    }
 }
 
 /// Applies a new config to a running server (SIGHUP). The file is validated and
@@ -426,9 +431,8 @@ impl Front {
         // are measured against server.max_header_bytes/max_uri_bytes in
         // proxy::check_limits, which answers in SMH's JSON shape.
         let buf = (server.max_header_bytes + server.max_uri_bytes + 8192).max(8192);
-        let mut sniff = auto::Builder::new(TokioExecutor::new());
-        sniff
-            .http1()
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout)
             .max_buf_size(buf)
@@ -436,16 +440,15 @@ impl Front {
             // server.max_header_bytes is reached; allow as many as can fit.
             .max_headers((server.max_header_bytes / 8).max(100))
             .keep_alive(true);
-        sniff
-            .http2()
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX))
             .max_concurrent_streams(256);
         Ok(Front {
             tls,
-            http1: sniff.clone().http1_only(),
-            http2: sniff.clone().http2_only(),
-            sniff,
+            http1,
+            http2,
             header_read_timeout: server.header_read_timeout,
             idle_timeout: server.idle_timeout,
             shutdown_grace: server.shutdown_grace,
@@ -470,18 +473,31 @@ struct Activity {
 }
 
 impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// When the connection has been idle for `idle`, if nothing happens before.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// When to look again: when the connection becomes idle-expired if nothing
-    /// happens before, or, while a request is in flight, a whole period from now
+    /// When to look again: when the connection has been idle for `period` if
+    /// nothing happens before, or, while a request is in flight, a whole period from now
     /// (the deadline may be long past then, and must not wake the loop at once).
-    fn next_idle_check(&self, idle: Duration) -> Instant {
+    fn next_check(&self, period: Duration) -> Instant {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return Instant::now() + idle;
+            return Instant::now() + period;
         }
-        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+        self.idle_deadline(period)
     }
 
     fn is_idle_for(&self, idle: Duration) -> bool {
@@ -509,37 +525,157 @@ impl Drop for InFlight {
     }
 }
 
+/// The service every connection runs: the gateway's pipeline, counted in the
+/// connection's [`Activity`] until the answer's body is done with. Its future is
+/// boxed: hyper keeps a connection's in-flight slot, sized for the future, for as
+/// long as the connection lives, and the pipeline's future is large.
+#[derive(Clone)]
+struct Service {
+    gateway: Arc<Gateway>,
+    client: ClientInfo,
+    activity: Arc<Activity>,
+}
+
+type ServiceFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<http::Response<Tracked>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = http::Response<Tracked>;
+    type Error = Infallible;
+    type Future = ServiceFuture;
+
+    fn call(&self, req: Request<Incoming>) -> ServiceFuture {
+        let gateway = self.gateway.clone();
+        let client = self.client;
+        let in_flight = InFlight::begin(&self.activity);
+        Box::pin(async move {
+            let resp = gateway.handle(req, client).await;
+            Ok(resp.map(|body| Tracked {
+                body,
+                _in_flight: in_flight,
+            }))
+        })
+    }
+}
+
+/// An answer's body, holding its request's [`InFlight`] until hyper has written it
+/// out and dropped it: a connection is idle only when nothing is being answered.
+struct Tracked {
+    body: crate::proxy::ResponseBody,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// How an HTTP/1.1 connection's hyper state ended.
+enum H1End {
+    /// Closed, or to be closed.
+    Closed,
+    /// Stopped at an idle point on our request: the socket is still open.
+    Parked,
+}
+
 impl Conn {
-    async fn serve<I>(self, io: I, builder: &auto::Builder<TokioExecutor>)
+    fn service(&self, activity: &Arc<Activity>) -> Service {
+        Service {
+            gateway: self.gateway.clone(),
+            client: self.client,
+            activity: activity.clone(),
+        }
+    }
+
+    async fn serve_h2<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(Activity {
-            in_flight: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-        });
-        let gateway = self.gateway.clone();
-        let client = self.client;
-        let act = activity.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let gateway = gateway.clone();
-            let guard = InFlight::begin(&act);
-            async move {
-                let resp = gateway.handle(req, client).await;
-                drop(guard);
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let activity = Arc::new(Activity::new());
+        let service = self.service(&activity);
+        let conn = self.front.http2.serve_connection(TokioIo::new(io), service);
         self.drive(conn, &activity).await;
+    }
+
+    /// HTTP/1.1 over TLS: hyper's state for the connection's whole life (see
+    /// [`park`] for why TLS connections are not parked).
+    async fn serve_h1<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::new());
+        let service = self.service(&activity);
+        let conn = self.front.http1.serve_connection(TokioIo::new(io), service);
+        self.drive(conn, &activity).await;
+    }
+
+    /// Plain HTTP/1.1, parked while idle ([`park`]): a fresh hyper connection per
+    /// busy spell, the bytes it read ahead handed to the next.
+    async fn serve_plain_h1(self, stream: TcpStream) {
+        let activity = Arc::new(Activity::new());
+        let service = self.service(&activity);
+        let idle = self.front.idle_timeout;
+        let mut io = park::Rewind::new(bytes::Bytes::new(), stream);
+        loop {
+            let mut conn = Box::new(
+                self.front
+                    .http1
+                    .serve_connection(TokioIo::new(io), service.clone()),
+            );
+            let end = self.drive_h1(&mut conn, &activity).await;
+            // Moved out in a block of its own, so the box is freed now, not at the
+            // end of the loop body (after the park).
+            let parts = {
+                let conn = conn;
+                conn.into_parts()
+            };
+            let (unread, stream) = parts.io.into_inner().into_parts();
+            if let H1End::Closed = end {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+                return;
+            }
+            // hyper read `read_buf` from the front of what is left, so it comes first.
+            let ahead = park::read_ahead(parts.read_buf, unread);
+            io = park::Rewind::new(ahead, stream);
+            self.gateway.metrics().parks().inc();
+            if io.has_buffered() {
+                continue;
+            }
+            let parked = self.gateway.metrics().parked().clone();
+            parked.inc();
+            let woke = tokio::select! {
+                ready = io.inner.readable() => ready.is_ok(),
+                _ = tokio::time::sleep_until(activity.idle_deadline(idle)) => false,
+                _ = self.drain.cancelled() => false,
+            };
+            parked.dec();
+            if !woke {
+                return;
+            }
+        }
     }
 
     /// Runs a connection to its end, closing it gracefully (HTTP/2: GOAWAY, open
     /// streams finish) on drain or when idle.
     async fn drive<C>(self, conn: C, activity: &Activity)
     where
-        C: GracefulConnection<Error = Box<dyn std::error::Error + Send + Sync>>,
+        C: GracefulConnection<Error = hyper::Error>,
     {
         tokio::pin!(conn);
         let idle = self.front.idle_timeout;
@@ -550,12 +686,8 @@ impl Conn {
         loop {
             tokio::select! {
                 ended = conn.as_mut() => {
-                    if let Err(e) = ended
-                        && let Some(e) = e.downcast_ref::<hyper::Error>()
-                    {
-                        // Other errors: the protocol sniffing was cut short by a
-                        // close, nothing a client sent.
-                        self.gateway.connection_error(self.client, crate::error::ConnectionError::of(e));
+                    if let Err(e) = ended {
+                        self.gateway.connection_error(self.client, crate::error::ConnectionError::of(&e));
                     }
                     break;
                 }
@@ -563,13 +695,79 @@ impl Conn {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = tokio::time::sleep_until(activity.next_idle_check(idle)), if !closing => {
+                _ = tokio::time::sleep_until(activity.next_check(idle)), if !closing => {
                     if activity.is_idle_for(idle) {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
                 }
             }
+        }
+    }
+
+    /// [`Conn::drive`] for one plain HTTP/1.1 spell: also stops hyper, keeping the
+    /// socket, once the connection has been idle for [`park::PARK_AFTER`].
+    async fn drive_h1(
+        &self,
+        conn: &mut hyper::server::conn::http1::Connection<
+            TokioIo<park::Rewind<TcpStream>>,
+            Service,
+        >,
+        activity: &Activity,
+    ) -> H1End {
+        let idle = self.front.idle_timeout;
+        let period = idle.min(park::PARK_AFTER);
+        let mut closing = self.drain.is_cancelled();
+        let mut parking = false;
+        if closing {
+            std::pin::Pin::new(&mut *conn).graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                    return match ended {
+                        Err(e) => {
+                            self.gateway.connection_error(self.client, crate::error::ConnectionError::of(&e));
+                            H1End::Closed
+                        }
+                        Ok(()) if parking && !closing => H1End::Parked,
+                        Ok(()) => H1End::Closed,
+                    };
+                }
+                _ = self.drain.cancelled(), if !closing => {
+                    closing = true;
+                    std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(activity.next_check(period)), if !closing && !parking => {
+                    if activity.is_idle_for(idle) {
+                        closing = true;
+                        std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                    } else if activity.is_idle_for(park::PARK_AFTER) {
+                        parking = true;
+                        std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Peeks at a plain connection's first bytes until they tell HTTP/1 from the h2c
+/// preface; `None` when the client closes first.
+async fn sniff_plain(stream: &TcpStream) -> Option<park::Sniffed> {
+    let mut first = [0u8; park::PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        match park::sniff(&first[..n]) {
+            park::Sniffed::Unsure => {
+                // Part of the preface only: the rest is on its way (the caller
+                // bounds the wait by header_read_timeout).
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sniffed => return Some(sniffed),
         }
     }
 }
@@ -652,12 +850,12 @@ mod tests {
         // Idle for longer than the period, then a slow request comes in.
         std::thread::sleep(Duration::from_millis(20));
         assert!(
-            activity.next_idle_check(idle) <= Instant::now(),
+            activity.next_check(idle) <= Instant::now(),
             "idle and expired: check now"
         );
         let _busy = InFlight::begin(&activity);
         // Not the deadline in the past, which would wake the loop again at once.
-        assert!(activity.next_idle_check(idle) >= Instant::now() + Duration::from_millis(9));
+        assert!(activity.next_check(idle) >= Instant::now() + Duration::from_millis(9));
         assert!(!activity.is_idle_for(idle));
     }
 }

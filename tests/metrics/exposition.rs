@@ -64,6 +64,8 @@ pub const FAMILIES: &[(&str, &[&str])] = &[
     ("smh_gateway_build_info", &["version"]),
     ("smh_gateway_in_flight_requests", &[]),
     ("smh_gateway_open_connections", &[]),
+    ("smh_gateway_parked_connections", &[]),
+    ("smh_gateway_connection_parks_total", &[]),
     ("smh_gateway_access_log_dropped_total", &[]),
     ("smh_gateway_upstream_refused_total", &[]),
     ("smh_gateway_connection_errors_total", &["kind"]),
