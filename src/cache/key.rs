@@ -30,8 +30,7 @@ const VARIANT_DOMAIN: &str = "smh-gateway 2026-12 renew variant v3";
 const PARAMS_DOMAIN: &str = "smh-gateway 2026-12 renew params v3";
 
 static UPLOAD_KEY: LazyLock<[u8; 32]> = LazyLock::new(|| blake3::derive_key(UPLOAD_DOMAIN, b""));
-static VARIANT_KEY: LazyLock<[u8; 32]> =
-    LazyLock::new(|| blake3::derive_key(VARIANT_DOMAIN, b""));
+static VARIANT_KEY: LazyLock<[u8; 32]> = LazyLock::new(|| blake3::derive_key(VARIANT_DOMAIN, b""));
 static PARAMS_KEY: LazyLock<[u8; 32]> = LazyLock::new(|| blake3::derive_key(PARAMS_DOMAIN, b""));
 
 /// One level's input, encoded field by field, then hashed at once.
