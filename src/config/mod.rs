@@ -415,19 +415,20 @@ fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         // The path already ends with an unknown field's name; a missing field is
         // reported at its table, so name the field itself.
-        let mut key = e.path().to_string();
+        // The root path prints as "." too, as does a key named "." (found by the
+        // config fuzz target): tell them apart by counting segments.
+        let at_root = e.path().iter().next().is_none();
+        let mut key = (!at_root).then(|| e.path().to_string());
         let message = e.into_inner().message().to_string();
         if let Some(field) = message
             .strip_prefix("missing field `")
             .and_then(|rest| rest.split('`').next())
         {
-            key = if key == "." {
-                field.to_string()
-            } else {
-                format!("{key}.{field}")
-            };
+            key = Some(match key {
+                None => field.to_string(),
+                Some(table) => format!("{table}.{field}"),
+            });
         }
-        let key = (key != ".").then_some(key);
         ConfigError::new(path, key, one_line(&message))
     })
 }

@@ -143,6 +143,8 @@ fn unknown_key_cases() -> Vec<ErrCase<'static>> {
     let key = "kid = \"k\"\nalg = \"HS256\"\nsecret_env = \"S\"\nfoo = 1";
     vec![
         (with("colour = 1"), Some("colour"), "unknown field `colour`"),
+        // A key named "." prints like the root path (found by the config fuzz target).
+        (with("\".\" = 1"), Some("."), "unknown field `.`"),
         (
             with("[server]\nlisen = \"x\""),
             Some("server.lisen"),
