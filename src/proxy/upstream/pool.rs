@@ -248,12 +248,18 @@ pub struct Body {
 }
 
 impl Body {
-    fn release_if_done(&mut self) {
-        if hyper::body::Body::is_end_stream(&self.inner)
-            && let Some((sender, pool)) = self.conn.take()
+    /// Hands the connection back to its pool (once; later calls do nothing).
+    fn release(&mut self) {
+        if let Some((sender, pool)) = self.conn.take()
             && let Some(pool) = pool.upgrade()
         {
             pool.put(sender);
+        }
+    }
+
+    fn release_if_done(&mut self) {
+        if hyper::body::Body::is_end_stream(&self.inner) {
+            self.release();
         }
     }
 }
@@ -275,13 +281,7 @@ impl hyper::body::Body for Body {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => {
-                if let Some((sender, pool)) = this.conn.take()
-                    && let Some(pool) = pool.upgrade()
-                {
-                    pool.put(sender);
-                }
-            }
+            Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) => this.release_if_done(),
             // A broken body: the connection is not reused.
             Poll::Ready(Some(Err(_))) => this.conn = None,
