@@ -852,6 +852,20 @@ async fn a_dropped_body_leaves_no_length_and_json_rows_are_sent_as_json() {
     );
     assert!(got.headers.get("content-type").is_none());
     assert!(got.body.is_empty());
+    // A POST row without a body: its length is the gateway's 0, not the caller's.
+    let out = raw(
+        gw.addr,
+        format!(
+            "POST /api/v1/file/lib1/-/ck?renew&access_token={tok} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let got = gw.mock.last().unwrap();
+    assert_eq!(got.headers["content-length"], "0");
+    assert_ne!(got.headers["host"], "x");
+    assert!(got.body.is_empty());
     // A JSON row's body goes as JSON, whatever the caller called it, with its own length.
     let r = gw
         .request(

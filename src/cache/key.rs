@@ -25,13 +25,20 @@ use crate::secret::Secret;
 /// a 1.9 KiB hasher around. v3 encodes the fields into one buffer and runs keyed
 /// BLAKE3 over it: the same collision resistance (a collision would hand one caller
 /// another's upload credentials), about 2,000 fewer instructions per cache hit.
+/// v4 hashes the credential on its own first ([`CredentialDigest`], 32 bytes into
+/// the variant): a caller's token digest is kept with its verified principal, so
+/// a hit no longer hashes the whole token (five BLAKE3 blocks) again. The upload
+/// level is unchanged, so invalidation reaches v3 entries too.
 const UPLOAD_DOMAIN: &str = "smh-gateway 2026-12 renew upload v3";
-const VARIANT_DOMAIN: &str = "smh-gateway 2026-12 renew variant v3";
-const PARAMS_DOMAIN: &str = "smh-gateway 2026-12 renew params v3";
+const VARIANT_DOMAIN: &str = "smh-gateway 2026-12 renew variant v4";
+const PARAMS_DOMAIN: &str = "smh-gateway 2026-12 renew params v4";
+const CREDENTIAL_DOMAIN: &str = "smh-gateway 2026-12 renew credential v4";
 
 static UPLOAD_KEY: LazyLock<[u8; 32]> = LazyLock::new(|| blake3::derive_key(UPLOAD_DOMAIN, b""));
 static VARIANT_KEY: LazyLock<[u8; 32]> = LazyLock::new(|| blake3::derive_key(VARIANT_DOMAIN, b""));
 static PARAMS_KEY: LazyLock<[u8; 32]> = LazyLock::new(|| blake3::derive_key(PARAMS_DOMAIN, b""));
+static CREDENTIAL_KEY: LazyLock<[u8; 32]> =
+    LazyLock::new(|| blake3::derive_key(CREDENTIAL_DOMAIN, b""));
 
 /// One level's input, encoded field by field, then hashed at once.
 struct Encoder(Vec<u8>);
@@ -57,6 +64,25 @@ impl Encoder {
 }
 
 /// The digest of (library, space, confirm key): one upload task.
+/// The upstream credential's part of a key: keyed BLAKE3 of its bytes, so that a
+/// digest computed once (when a token is verified) serves every later key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CredentialDigest(pub [u8; 32]);
+
+impl CredentialDigest {
+    pub fn of(credential: &Secret) -> CredentialDigest {
+        CredentialDigest(
+            *blake3::keyed_hash(&CREDENTIAL_KEY, credential.expose().as_bytes()).as_bytes(),
+        )
+    }
+}
+
+impl fmt::Debug for CredentialDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CredentialDigest({}…)", &hex(&self.0[..4]))
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct UploadId(pub [u8; 32]);
 
@@ -93,20 +119,20 @@ impl KeyHash {
 
 impl CacheKey {
     /// The key of a renew as it goes upstream: `user` is the user_id sent upstream,
-    /// `traffic_limit` the value after clamping, `credential` the access_token sent
-    /// upstream (not necessarily the caller's: see `upstream.credential`).
+    /// `traffic_limit` the value after clamping, `credential` the digest of the
+    /// access_token sent upstream (not necessarily the caller's: see
+    /// `upstream.credential`).
     pub fn new(
         library: &str,
         space: &str,
         confirm_key: &str,
         user: Option<&str>,
         traffic_limit: Option<u64>,
-        credential: &Secret,
+        credential: &CredentialDigest,
     ) -> CacheKey {
         let upload = UploadId::new(library, space, confirm_key);
-        let credential = credential.expose().as_bytes();
         let user_len = user.map_or(0, str::len);
-        let mut e = Encoder::with_capacity(32 + 1 + 8 + user_len + 1 + 8 + 8 + credential.len());
+        let mut e = Encoder::with_capacity(32 + 1 + 8 + user_len + 1 + 8 + 32);
         e.raw(&upload.0);
         match user {
             None => e.raw(&[0]),
@@ -122,7 +148,7 @@ impl CacheKey {
                 e.raw(&tl.to_be_bytes());
             }
         }
-        e.field(credential);
+        e.raw(&credential.0);
         CacheKey {
             upload,
             hash: KeyHash(e.digest(&VARIANT_KEY)),
@@ -239,7 +265,7 @@ mod tests {
             confirm_key,
             user,
             traffic_limit,
-            &Secret::new(credential),
+            &CredentialDigest::of(&Secret::new(credential)),
         )
     }
 
@@ -347,7 +373,9 @@ mod known_answers {
     /// layout or the hash must be deliberate (a new domain), never a side effect.
     /// The values were computed apart from this code, with Python's `blake3`
     /// package: `blake3(encoding, key=blake3(b"", derive_key_context=DOMAIN).digest())`
-    /// over the length-prefixed (u64 big-endian) layout described above.
+    /// over the length-prefixed (u64 big-endian) layout described above, the
+    /// credential's own digest (`blake3(b"tok", key=...credential v4...)`) going
+    /// into the variant as 32 raw bytes.
     #[test]
     fn digests_are_pinned() {
         let k = CacheKey::new(
@@ -356,7 +384,7 @@ mod known_answers {
             "ck",
             Some("u"),
             Some(102_400),
-            &Secret::new("tok"),
+            &CredentialDigest::of(&Secret::new("tok")),
         );
         assert_eq!(
             k.upload.hex(),
@@ -364,11 +392,15 @@ mod known_answers {
         );
         assert_eq!(
             k.hash.hex(),
-            "e6f71b5fd8b9496e8255e05419bacae424f42760049496a45bea980dfbd89642"
+            "2aeae550bf8b39796c001234cb71b494650fe1f7881b00b2999ce23c4e95196c"
+        );
+        assert_eq!(
+            hex(&CredentialDigest::of(&Secret::new("tok")).0),
+            "a638b384dc9eb93130b3fcc8e219b02ff3364401734ec2bcf3f0b6e63bb449c5"
         );
         assert_eq!(
             k.varied_by("internal_domain=1").hash.hex(),
-            "76024fb20df0a9b4c7f23f2655cf02f153fede1ddaed4068bc16aefc45b1b06d"
+            "e5ee8a4cd8f3695ab42de37e5a996697bed54bb25c570763b2b7a3a56ed45c75"
         );
     }
 }

@@ -198,7 +198,14 @@ mod tests {
     use bytes::Bytes;
 
     fn key(ck: &str, user: &str) -> CacheKey {
-        CacheKey::new("lib", "-", ck, Some(user), None, &Secret::new("t"))
+        CacheKey::new(
+            "lib",
+            "-",
+            ck,
+            Some(user),
+            None,
+            &crate::cache::CredentialDigest::of(&Secret::new("t")),
+        )
     }
 
     fn entry(expires_at: u64) -> Entry {

@@ -43,7 +43,7 @@ use crate::metrics::CacheResult;
 use crate::tasks::Tasks;
 pub use entry::{Answer, Entry, Lifetime, now_ms};
 use flight::Flights;
-pub use key::{CacheKey, KeyHash, UploadId};
+pub use key::{CacheKey, CredentialDigest, KeyHash, UploadId};
 use memory::MemoryStore;
 use redis::{RedisStore, Unavailable};
 
@@ -406,7 +406,14 @@ mod tests {
     }
 
     fn key(user: &str) -> CacheKey {
-        CacheKey::new("lib", "-", "ck", Some(user), None, &Secret::new("t"))
+        CacheKey::new(
+            "lib",
+            "-",
+            "ck",
+            Some(user),
+            None,
+            &CredentialDigest::of(&Secret::new("t")),
+        )
     }
 
     fn renew_answer() -> Answer {

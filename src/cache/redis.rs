@@ -436,7 +436,7 @@ mod tests {
             "confirm",
             Some("user"),
             Some(1),
-            &crate::secret::Secret::new("token"),
+            &crate::cache::CredentialDigest::of(&crate::secret::Secret::new("token")),
         );
         for k in [entries_key(&key), lock_key(&key), gone_key(&key)] {
             assert!(k.starts_with(PREFIX), "{k}");

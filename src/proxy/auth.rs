@@ -26,13 +26,14 @@ pub mod jwks;
 pub mod keys;
 pub mod source;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::cache::CredentialDigest;
 use crate::config::{ClaimNames, Config, ConfigError, CredentialMode, SUPPORTED_ALGS, parse_alg};
 use crate::error::AuthFailure;
 use crate::secret::Secret;
@@ -55,9 +56,22 @@ pub struct Principal {
     pub permissions: Vec<String>,
     /// The upstream credential claim's value, when `upstream.credential = "claim"`.
     pub credential: Option<Secret>,
+    /// The renew cache's digest of the token this principal was verified from,
+    /// computed on the first cache lookup and kept with the verified token (see
+    /// [`Principal::token_digest`]).
+    pub token_digest: OnceLock<CredentialDigest>,
 }
 
 impl Principal {
+    /// The cache-key digest of `token`, which must be the token this principal was
+    /// verified from (the verified-token cache hands a principal back only for the
+    /// token it was verified from): hashed once per token, not once per request.
+    pub fn token_digest(&self, token: &Secret) -> CredentialDigest {
+        *self
+            .token_digest
+            .get_or_init(|| CredentialDigest::of(token))
+    }
+
     pub fn has(&self, permission: &str) -> bool {
         self.permissions.iter().any(|p| p == permission)
     }
@@ -318,6 +332,7 @@ impl Verifier {
                 .map(string_list)
                 .unwrap_or_default(),
             credential,
+            token_digest: OnceLock::new(),
         })
     }
 }

@@ -661,6 +661,7 @@ mod tests {
             user: user.map(str::to_string),
             permissions: perms.iter().map(|p| p.to_string()).collect(),
             credential: None,
+            ..Principal::default()
         }
     }
 

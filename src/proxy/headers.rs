@@ -15,146 +15,158 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus
-/// `Proxy-Authorization`, which is for this hop alone.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// `Proxy-Authorization`, which is for this hop alone. A `match` on the name's
+/// text: cheaper than comparing `HeaderName`s one by one, which costs a byte
+/// comparison for each name that is not a standard one.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// Forwarding headers the gateway does not set: from a client they are claims an
 /// upstream might trust (client address, original host or port), so they are
 /// dropped rather than passed on as if the gateway had written them.
 /// `X-Original-URL` and `X-Rewrite-URL` go too: some servers route by them, which
-/// would run another path than the one checked.
-static CLIENT_FORWARDING: [HeaderName; 9] = [
-    header::FORWARDED,
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
-];
+/// would run another path than the one checked. `X-Forwarded-For`,
+/// `X-Forwarded-Proto` and `X-Request-Id` are the gateway's own to write.
+fn is_client_forwarding(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "forwarded"
+            | "x-real-ip"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "true-client-ip"
+            | "x-client-ip"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-request-id"
+    )
+}
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names
 /// (matched case-insensitively; blank items are ignored).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the few names present decides.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    // Rebuilt in one pass rather than removing each name: a removal hashes its
-    // name whether present or not, and every keep-alive answer names `Connection`.
-    let named = connection_named(headers);
-    let old = std::mem::take(headers);
-    headers.reserve(old.len());
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in old {
-        if let Some(name) = name {
-            current = Some(name);
-        }
-        let Some(name) = current.as_ref() else {
-            continue;
-        };
-        if !HOP_BY_HOP.contains(name) && !named.contains(name) {
-            headers.append(name.clone(), value);
-        }
+    // Removed in place, only the names present: every keep-alive answer names
+    // `Connection`, and rebuilding the map would hash every name kept.
+    let connection = Listed::new(headers);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name) || connection.names(name))
+        .cloned()
+        .collect();
+    for name in &doomed {
+        headers.remove(name);
     }
 }
 
 /// The request headers sent upstream: the caller's end-to-end headers, less its
-/// credentials, `Host` (the client sets the upstream's) and forwarding claims, plus
-/// the gateway's forwarding headers.
+/// credentials and forwarding claims, plus the gateway's forwarding headers.
+/// `Host` and `Content-Length` are left for `Upstream::send`, which always sets
+/// them for the upstream hop (or drops a length where no body goes).
 ///
-/// One pass over the caller's headers builds the new map: each header is kept,
-/// dropped, or folded into the `X-Forwarded-For` chain or the joined `Cookie`.
-/// (Removing the ~20 names that must not go upstream from a copy instead hashed
-/// each of them, present or not, on every request.)
+/// One pass over the names present picks what must go, and only those are removed
+/// (removing all ~20 names that must not go upstream, present or not, hashed each
+/// of them on every request; rebuilding the map hashed every name kept).
 pub fn upstream_request_headers(
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     client: SocketAddr,
     proto: &'static str,
     request_id: &str,
 ) -> HeaderMap {
     // Names the caller's `Connection` lists were for the previous hop alone; an
     // `X-Forwarded-For` among them must not seed the chain either.
-    let connection_named = connection_named(&headers);
-    let mut out = HeaderMap::with_capacity(headers.len() + 3);
-    let mut chain: Vec<u8> = Vec::new();
-    let mut cookies: Vec<HeaderValue> = Vec::new();
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in headers {
-        if let Some(name) = name {
-            current = Some(name);
-        }
-        let Some(name) = current.as_ref() else {
-            continue;
-        };
-        // The caller's Content-Length goes too: the body sent upstream is the
-        // gateway's (dropped on rows without one), framed by hyper from the bytes
-        // actually sent. A stale length would make SMH read the next request on a
-        // pooled connection as this one's body (request smuggling).
-        // `X-Forwarded-Proto` and `X-Request-Id` are the gateway's to set.
-        if name == header::AUTHORIZATION
-            || name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == X_FORWARDED_PROTO
-            || name == X_REQUEST_ID
-            || HOP_BY_HOP.contains(name)
-            || CLIENT_FORWARDING.contains(name)
-            || connection_named.contains(name)
-        {
-            continue;
-        }
-        if name == X_FORWARDED_FOR {
-            // A list split over several lines is one list (RFC 9110 §5.3): keeping
-            // only the first would let a client hide entries from whoever reads it.
+    let connection = Listed::new(&headers);
+    let mut chain: Vec<u8> = Vec::with_capacity(48);
+    if !connection.names(&X_FORWARDED_FOR) {
+        // A list split over several lines is one list (RFC 9110 §5.3): keeping only
+        // the first would let a client hide entries from whoever reads it.
+        for value in headers.get_all(&X_FORWARDED_FOR) {
             let prior = value.as_bytes().trim_ascii();
             if !prior.is_empty() {
                 chain.extend_from_slice(prior);
                 chain.extend_from_slice(b", ");
             }
-            continue;
         }
-        if name == header::COOKIE {
-            cookies.push(value);
-            continue;
-        }
-        out.append(name.clone(), value);
     }
-    if let Some(cookie) = join_cookie_crumbs(cookies) {
-        out.insert(header::COOKIE, cookie);
+    // Edited in place: a request keeps most of its headers, and a rebuilt map would
+    // hash every one of them again.
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            // `Host` and `Content-Length` stay for now: they are the upstream
+            // hop's, and `Upstream::send` sets both (see there).
+            *name == header::AUTHORIZATION
+                || is_hop_by_hop(name)
+                || is_client_forwarding(name)
+                || connection.names(name)
+        })
+        .cloned()
+        .collect();
+    for name in &doomed {
+        headers.remove(name);
+    }
+    let crumbs = headers.get_all(header::COOKIE).iter().count();
+    if crumbs > 1 {
+        match join_cookie_crumbs(headers.get_all(header::COOKIE)) {
+            Some(joined) => headers.insert(header::COOKIE, joined),
+            None => headers.remove(header::COOKIE),
+        };
     }
     if let Some(v) = forwarded_for(chain, client.ip()) {
-        out.insert(X_FORWARDED_FOR.clone(), v);
+        headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     // An id that is not a header value cannot leave the caller's in place: the
-    // caller's was skipped above.
+    // caller's was removed above.
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        out.insert(X_REQUEST_ID.clone(), v);
+        headers.insert(X_REQUEST_ID.clone(), v);
     }
-    out
+    headers
 }
 
-/// The header names the `Connection` lines list (matched case-insensitively,
-/// blank items ignored). Bytes, not `to_str`: one non-ASCII byte must not make the
-/// whole list ignored. `HeaderName::from_bytes` lowercases, so `X-A` names `x-a`.
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
-        .collect()
+/// The items of a message's `Connection` header lines: each names a header that
+/// was for the previous hop alone. Items are compared with the map's names
+/// case-insensitively, as bytes, so an item that is no header name (blank, or not
+/// ASCII) names nothing and the others still count.
+struct Listed<'a> {
+    lines: Vec<&'a [u8]>,
+}
+
+impl<'a> Listed<'a> {
+    fn new(headers: &'a HeaderMap) -> Listed<'a> {
+        Listed {
+            lines: headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect(),
+        }
+    }
+
+    fn names(&self, name: &HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        self.lines.iter().any(|line| {
+            line.split(|&b| b == b',')
+                .any(|item| item.trim_ascii().eq_ignore_ascii_case(name))
+        })
+    }
 }
 
 /// `chain` (the caller's `X-Forwarded-For` entries, each followed by `", "`), then
@@ -172,12 +184,9 @@ fn forwarded_for(mut chain: Vec<u8>, client: IpAddr) -> Option<HeaderValue> {
 /// HTTP/2 clients may split `Cookie` into one line per cookie (RFC 9113 §8.2.3);
 /// an HTTP/1.1 upstream expects one line, so the crumbs are joined with `"; "`.
 /// One line passes as it is.
-fn join_cookie_crumbs(mut crumbs: Vec<HeaderValue>) -> Option<HeaderValue> {
-    if crumbs.len() <= 1 {
-        return crumbs.pop();
-    }
+fn join_cookie_crumbs(crumbs: header::GetAll<'_, HeaderValue>) -> Option<HeaderValue> {
     let mut joined = Vec::new();
-    for crumb in &crumbs {
+    for crumb in crumbs {
         let crumb = crumb.as_bytes().trim_ascii();
         if crumb.is_empty() {
             continue;
@@ -306,7 +315,8 @@ mod tests {
             ("user-agent", "sdk/1"),
         ]);
         assert!(out.get(header::AUTHORIZATION).is_none());
-        assert!(out.get(header::HOST).is_none());
+        // Replaced by the upstream's own in `Upstream::send`.
+        assert_eq!(out["host"], "gateway.example");
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(out["x-forwarded-proto"], "https");
         assert_eq!(out["x-request-id"], "rid-1");
@@ -327,9 +337,8 @@ mod tests {
         ]);
         assert_eq!(values(&out, "x-multi"), [b"1", b"2", b"3"]);
         assert_eq!(values(&out, "accept"), [b"application/json"]);
-        assert!(out.get(header::HOST).is_none());
-        assert!(out.get(header::CONTENT_LENGTH).is_none());
-        assert_eq!(out.len(), 4 + 3, "{out:?}");
+        assert_eq!(values(&out, "host"), [b"a.example", b"b.example"]);
+        assert_eq!(out.len(), 8 + 3, "{out:?}");
     }
 
     #[test]

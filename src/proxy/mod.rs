@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, AccessRecord, method_label};
 use crate::cache::entry::Rest;
-use crate::cache::{Answer, CacheKey, RenewCache, Reply, Source};
+use crate::cache::{Answer, CacheKey, CredentialDigest, RenewCache, Reply, Source};
 use crate::config::{Config, ConfigError, Unmatched};
 use crate::error::GatewayError;
 use crate::limit::Limit;
@@ -457,8 +457,12 @@ impl Gateway {
                     Unmatched::Deny => Err(GatewayError::RouteNotFound),
                     Unmatched::Forward => {
                         drop(target);
-                        self.forward_unchecked(settings, parts, body, client, request_id, ctx)
-                            .await
+                        // Boxed, as the rarer paths below are: inline, the largest
+                        // of them sets the size of every request's future.
+                        Box::pin(
+                            self.forward_unchecked(settings, parts, body, client, request_id, ctx),
+                        )
+                        .await
                     }
                 };
             }
@@ -629,15 +633,24 @@ impl Gateway {
 
         // Phase 5: cache and upstream.
         if let (CacheRole::Renew, Some(cache)) = (op.route.cache, &self.cache) {
-            // Managed: the token's identity, so a refreshed token keeps the entries.
-            let identity = managed.as_ref().map(|(r, _)| r.identity.cache_credential());
+            let credential = match (&managed, credential, &principal, &caller_token) {
+                // Managed: the token's identity, so a refreshed token keeps the entries.
+                (Some((r, _)), _, _, _) => CredentialDigest::of(&r.identity.cache_credential()),
+                // The caller's own token: its digest is kept with its verified
+                // principal, so a hit does not hash the whole token again.
+                (None, Some(c), Some(principal), Some(token)) if std::ptr::eq(c, token) => {
+                    principal.token_digest(token)
+                }
+                (None, Some(c), _, _) => CredentialDigest::of(c),
+                (None, None, _, _) => CredentialDigest::of(&NO_CREDENTIAL),
+            };
             let key = CacheKey::new(
                 op.values.library.as_deref().unwrap_or_default(),
                 op.values.space.as_deref().unwrap_or_default(),
                 op.values.key.as_deref().unwrap_or_default(),
                 user_id,
                 traffic_limit,
-                identity.as_ref().or(credential).unwrap_or(&NO_CREDENTIAL),
+                &credential,
             )
             .varied_by(&rewrite::params_query(&op));
             let headers = parts.headers;
@@ -667,14 +680,14 @@ impl Gateway {
                     .await?
             }
             Some((request, token)) => {
-                self.send_managed(
+                Box::pin(self.send_managed(
                     &settings.upstream,
                     req,
                     &request,
                     token,
                     &route_metrics,
                     ctx,
-                )
+                ))
                 .await?
             }
         };

@@ -224,6 +224,7 @@ mod tests {
             user: user.map(str::to_string),
             permissions: perms.iter().map(|s| s.to_string()).collect(),
             credential: None,
+            ..Principal::default()
         }
     }
 

@@ -14,6 +14,7 @@ use crate::proxy::credentials::LibrarySecrets;
 use crate::proxy::route::{Operation, PathValues};
 use crate::secret::Secret;
 use crate::template::{Seg, Template};
+use crate::text::ByteClass;
 
 /// How a traffic_limit was changed, for the clamp metric and the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +230,7 @@ fn push_pair(q: &mut String, key: &str, value: &str) {
 /// characters). Tokens and ids are usually unreserved already: one table scan,
 /// then a plain copy.
 pub(crate) fn push_encoded(out: &mut String, value: &str) {
-    if value.bytes().all(|b| UNRESERVED[usize::from(b)]) {
+    if UNRESERVED.all(value.as_bytes()) {
         out.push_str(value);
     } else {
         out.extend(utf8_percent_encode(value, SEGMENT));
@@ -237,16 +238,8 @@ pub(crate) fn push_encoded(out: &mut String, value: &str) {
 }
 
 /// `A-Z a-z 0-9 - . _ ~`, as a table (the set [`SEGMENT`] leaves alone; query values use the same strict set: `+` would read as a space, `&`/`=` split).
-static UNRESERVED: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
-        b += 1;
-    }
-    t
-};
+static UNRESERVED: ByteClass =
+    crate::byte_class!(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'));
 
 #[cfg(test)]
 mod tests {

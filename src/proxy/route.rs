@@ -26,6 +26,7 @@ use crate::proxy::routes::{
 use crate::secret::Secret;
 use crate::smh::is_valid_id;
 use crate::template::{Seg, Template};
+use crate::text::ByteClass;
 
 /// One row of the effective table: a built-in [`RouteSpec`] with operator rules
 /// applied, its template parsed and its permissions compiled.
@@ -134,8 +135,17 @@ pub struct Target<'a> {
 impl<'a> Target<'a> {
     pub fn new(uri: &'a Uri) -> Target<'a> {
         let path = uri.path();
+        let path = path.strip_prefix('/').unwrap_or(path);
+        // SMH's paths have six segments or so; a FilePath may have many more.
+        let mut segs = Vec::with_capacity(8);
+        let mut start = 0;
+        for at in memchr::memchr_iter(b'/', path.as_bytes()) {
+            segs.push(&path[start..at]);
+            start = at + 1;
+        }
+        segs.push(&path[start..]);
         Target {
-            segs: path.strip_prefix('/').unwrap_or(path).split('/').collect(),
+            segs,
             query: Query::parse(uri.query().unwrap_or("")),
             uri,
         }
@@ -806,7 +816,7 @@ pub fn parse_traffic_limit(value: &str) -> Result<u64, GatewayError> {
 /// decoded, control characters are refused.
 fn decode_value(raw: &str) -> Result<String, GatewayError> {
     // The common case (a JWT, an id): printable ASCII, nothing to decode.
-    if raw.bytes().all(|b| PLAIN[usize::from(b)]) {
+    if PLAIN.all(raw.as_bytes()) {
         return Ok(raw.to_string());
     }
     let spaced;
@@ -828,16 +838,7 @@ fn decode_value(raw: &str) -> Result<String, GatewayError> {
 }
 
 /// Printable ASCII but `+` and `%`: a query value made only of these is itself.
-static PLAIN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_graphic() && c != b'+' && c != b'%';
-        b += 1;
-    }
-    t
-};
+static PLAIN: ByteClass = crate::byte_class!(|c| c.is_ascii_graphic() && c != b'+' && c != b'%');
 
 /// Percent-decoding that refuses what lenient decoders pass through: a `%` not
 /// followed by two hex digits, and bytes that are not UTF-8.
@@ -874,24 +875,36 @@ struct Query<'a> {
 
 impl<'a> Query<'a> {
     fn parse(query: &'a str) -> Self {
-        let pairs = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                let key = if k.contains('+') {
-                    Cow::Owned(
-                        percent_decode_cow(&k.replace('+', " "))
-                            .map(Cow::into_owned)
-                            .unwrap_or_default(),
-                    )
-                } else {
-                    // An undecodable key cannot be one we know; it is dropped with the rest.
-                    percent_decode_cow(k).unwrap_or_default()
-                };
-                (key, v)
-            })
-            .collect();
+        // Split by memchr: the values include the whole token, and a `str::split`
+        // over it cost more than the rest of routing.
+        let mut pairs = Vec::with_capacity(4);
+        let mut start = 0;
+        let bytes = query.as_bytes();
+        while start <= bytes.len() {
+            let end = memchr::memchr(b'&', &bytes[start..]).map_or(bytes.len(), |at| start + at);
+            let pair = &query[start..end];
+            start = end + 1;
+            if pair.is_empty() {
+                continue;
+            }
+            let (k, v) = match memchr::memchr(b'=', pair.as_bytes()) {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => (pair, ""),
+            };
+            let key = if memchr::memchr2(b'+', b'%', k.as_bytes()).is_none() {
+                Cow::Borrowed(k)
+            } else if k.contains('+') {
+                Cow::Owned(
+                    percent_decode_cow(&k.replace('+', " "))
+                        .map(Cow::into_owned)
+                        .unwrap_or_default(),
+                )
+            } else {
+                // An undecodable key cannot be one we know; it is dropped with the rest.
+                percent_decode_cow(k).unwrap_or_default()
+            };
+            pairs.push((key, v));
+        }
         Query { pairs }
     }
 

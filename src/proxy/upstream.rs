@@ -134,10 +134,18 @@ impl Upstream {
     ) -> Result<(Response<Body>, Instant), GatewayError> {
         let uri = Uri::try_from(req.path_and_query)
             .map_err(|_| GatewayError::ParamInvalid("request target cannot be forwarded"))?;
+        // `Host` and `Content-Length` are this hop's, set here whatever the caller
+        // sent (`headers::upstream_request_headers` leaves them): the upstream's
+        // host, and the length of the body actually sent, so that a stale length
+        // cannot make SMH read the next request on the connection as this body.
         let mut headers = req.headers;
         headers.insert(header::HOST, self.host_header.clone());
-        if req.body.is_empty() && matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
+        if !req.body.is_empty() {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(req.body.len()));
+        } else if matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        } else {
+            headers.remove(header::CONTENT_LENGTH);
         }
         let mut request = Request::new(Full::new(req.body));
         *request.method_mut() = req.method;

@@ -257,6 +257,7 @@ impl Tokens {
             user: token.user.clone(),
             permissions: token.grants.clone(),
             credential: None,
+            ..Principal::default()
         };
         let user_id_ok =
             query.get("user_id").is_none_or(str::is_empty) || (admin && token.user.is_none());

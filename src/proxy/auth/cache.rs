@@ -24,6 +24,12 @@ const MAX_ENTRIES: usize = 10_000;
 /// Longer tokens are verified every time (bounds the cache's memory).
 const MAX_CACHED_TOKEN: usize = 2048;
 
+/// foldhash, not SipHash: a key is a whole token (hundreds of bytes, hashed on
+/// every request), and only tokens that verified are ever inserted, so nobody
+/// without the issuer's key can fill a bucket with colliding keys; the seed is
+/// random per process all the same.
+type Map = HashMap<Box<str>, Entry, foldhash::fast::RandomState>;
+
 struct Entry {
     principal: Arc<Principal>,
     exp: u64,
@@ -32,13 +38,13 @@ struct Entry {
 }
 
 pub(super) struct VerifiedCache {
-    map: Mutex<HashMap<Box<str>, Entry>>,
+    map: Mutex<Map>,
 }
 
 impl VerifiedCache {
     pub(super) fn new() -> Self {
         VerifiedCache {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(Map::default()),
         }
     }
 

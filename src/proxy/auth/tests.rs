@@ -151,6 +151,7 @@ fn expected() -> Principal {
         user: Some("alice".into()),
         permissions: vec!["read".into(), "write".into()],
         credential: None,
+        ..Principal::default()
     }
 }
 

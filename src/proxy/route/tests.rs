@@ -634,4 +634,38 @@ proptest! {
         let op2 = Operation::parse(again, &Target::new(&again_uri), &HeaderMap::new()).unwrap();
         prop_assert_eq!(&op2.values, &op.values);
     }
+
+    /// The query split (memchr) and the path split read any target as
+    /// `str::split` on `&`, `=` and `/` does, with keys decoded by form rules.
+    #[test]
+    fn targets_split_as_str_split_does(
+        path in "(/[a-z0-9%+=&;.-]{0,5}){0,8}",
+        query in "[a-z0-9%+=&_.-]{0,40}",
+    ) {
+        let raw = if path.is_empty() { format!("/?{query}") } else { format!("{path}?{query}") };
+        let Ok(uri) = raw.parse::<Uri>() else { return Ok(()); };
+        let target = Target::new(&uri);
+        let p = uri.path();
+        let want: Vec<&str> = p.strip_prefix('/').unwrap_or(p).split('/').collect();
+        prop_assert_eq!(&target.segs, &want);
+        // (raw key, value), and the key decoded by form rules where it holds no
+        // escape (strict escapes are the decoder's own tests).
+        let want: Vec<(&str, String, &str)> = uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k, k.replace('+', " "), v)
+            })
+            .collect();
+        prop_assert_eq!(target.query.pairs.len(), want.len());
+        for ((key, value), (raw, decoded, v)) in target.query.pairs.iter().zip(&want) {
+            prop_assert_eq!(value, v);
+            if !raw.contains('%') {
+                prop_assert_eq!(key.as_ref(), decoded.as_str());
+            }
+        }
+    }
 }

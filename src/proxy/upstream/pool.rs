@@ -124,7 +124,10 @@ impl Pool {
                 });
             }
         }
-        let sender = self.inner.connect().await?;
+        // Boxed: a connect (TCP and TLS) is rare beside a reuse, and inline its
+        // state would make every request's future, moved on each poll's way in,
+        // a kilobyte larger.
+        let sender = Box::pin(self.inner.connect()).await?;
         Ok(Conn {
             sender,
             pool: Arc::downgrade(&self.inner),
