@@ -137,11 +137,14 @@ impl<'a> Target<'a> {
         let path = uri.path();
         let path = path.strip_prefix('/').unwrap_or(path);
         // SMH's paths have six segments or so; a FilePath may have many more.
+        // A byte loop: segments are short, and a memchr call costs more than one.
         let mut segs = Vec::with_capacity(8);
         let mut start = 0;
-        for at in memchr::memchr_iter(b'/', path.as_bytes()) {
-            segs.push(&path[start..at]);
-            start = at + 1;
+        for (at, &b) in path.as_bytes().iter().enumerate() {
+            if b == b'/' {
+                segs.push(&path[start..at]);
+                start = at + 1;
+            }
         }
         segs.push(&path[start..]);
         Target {
@@ -361,7 +364,13 @@ impl Router {
         Ok(Selected::Unmatched)
     }
 
-    fn candidates<'s>(&'s self, m: Method, segs: &[&str]) -> impl Iterator<Item = usize> + 's {
+    /// The rows of method `m` whose leading literals `segs` may fit, each with how
+    /// many leading segments are known to match already (the group's three).
+    fn candidates<'s>(
+        &'s self,
+        m: Method,
+        segs: &[&str],
+    ) -> impl Iterator<Item = (usize, usize)> + 's {
         let indexed: &[usize] = match segs {
             [a, b, c, ..] => self
                 .index
@@ -370,11 +379,12 @@ impl Router {
                 .map_or(&[], |g| g.by_method[m as usize].as_slice()),
             _ => &[],
         };
-        indexed.iter().copied().chain(
+        indexed.iter().map(|&i| (i, 3)).chain(
             self.loose
                 .iter()
                 .copied()
-                .filter(move |&i| self.routes[i].method == m),
+                .filter(move |&i| self.routes[i].method == m)
+                .map(|i| (i, 0)),
         )
     }
 
@@ -387,10 +397,12 @@ impl Router {
         // The rows the path fits, at the greatest literal mask; candidates come in
         // table order.
         let mut best = 0u32;
-        let mut fits: Vec<(usize, bool)> = Vec::with_capacity(8);
-        for i in self.candidates(m, segs) {
+        // (row, the path fits exactly, its flag is in the query): the query is
+        // looked at once per row.
+        let mut fits: Vec<(usize, bool, bool)> = Vec::with_capacity(8);
+        for (i, known) in self.candidates(m, segs) {
             let route = &self.routes[i];
-            let Some(exact) = fit(&route.template, segs) else {
+            let Some(exact) = fit(&route.template, segs, known) else {
                 continue;
             };
             if route.mask > best || fits.is_empty() {
@@ -398,26 +410,26 @@ impl Router {
                 best = route.mask;
             }
             if route.mask == best {
-                fits.push((i, exact));
+                let present = route.flag.as_deref().is_some_and(|f| query.has(f));
+                fits.push((i, exact, present));
             }
         }
         if fits.is_empty() {
             return Ok(Selected::Unmatched);
         }
         let flag_of = |i: usize| self.routes[i].flag.as_deref();
-        let present = |i: usize| flag_of(i).is_some_and(|f| query.has(f));
         // The first row whose flag is present, preferring one the path fits exactly
         // (restore one recycled item rather than the batch restore the path is too
         // deep for).
         let chosen = fits
             .iter()
             .copied()
-            .filter(|&(i, _)| present(i))
-            .min_by_key(|&(i, exact)| (!exact, i));
-        if let Some((first, exact)) = chosen {
+            .filter(|&(_, _, present)| present)
+            .min_by_key(|&(i, exact, _)| (!exact, i));
+        if let Some((first, exact, _)) = chosen {
             let route = &self.routes[first];
-            for &(other, _) in &fits {
-                if !present(other) {
+            for &(other, _, present) in &fits {
+                if !present {
                     continue;
                 }
                 let f = flag_of(other).unwrap_or_default();
@@ -435,7 +447,12 @@ impl Router {
                 dispatch: Vec::new(),
             });
         }
-        let flagless = || fits.iter().copied().filter(|&(i, _)| flag_of(i).is_none());
+        let flagless = || {
+            fits.iter()
+                .copied()
+                .filter(|&(i, _, _)| flag_of(i).is_none())
+                .map(|(i, exact, _)| (i, exact))
+        };
         let mut exact = flagless().filter(|&(_, exact)| exact).map(|(i, _)| i);
         let Some(first) = exact.next() else {
             // Only rows the path is too deep for: say so, rather than pass it on.
@@ -489,15 +506,16 @@ const TOO_DEEP: GatewayError =
 
 /// Whether `segs` fits `template`: `Some(true)` exactly, `Some(false)` when it
 /// would fit but for extra segments after a final single-segment parameter (the
-/// caller refuses those), `None` when it does not fit.
-fn fit(template: &Template, segs: &[&str]) -> Option<bool> {
+/// caller refuses those), `None` when it does not fit. The first `known` segments
+/// are known to match (the router's index matched them).
+fn fit(template: &Template, segs: &[&str], known: usize) -> Option<bool> {
     let t = &template.segs;
     let ends_with_path = t.last() == Some(&Seg::Path);
     let fixed = if ends_with_path { t.len() - 1 } else { t.len() };
     if segs.len() < fixed {
         return None;
     }
-    for (seg, raw) in t.iter().zip(segs) {
+    for (seg, raw) in t.iter().zip(segs).skip(known) {
         if let Seg::Lit(l) = seg
             && l != raw
         {
@@ -875,8 +893,8 @@ struct Query<'a> {
 
 impl<'a> Query<'a> {
     fn parse(query: &'a str) -> Self {
-        // Split by memchr: the values include the whole token, and a `str::split`
-        // over it cost more than the rest of routing.
+        // Pairs split by memchr: the values include the whole token, and a
+        // `str::split` over it cost more than the rest of routing.
         let mut pairs = Vec::with_capacity(4);
         let mut start = 0;
         let bytes = query.as_bytes();
@@ -887,11 +905,12 @@ impl<'a> Query<'a> {
             if pair.is_empty() {
                 continue;
             }
-            let (k, v) = match memchr::memchr(b'=', pair.as_bytes()) {
+            // Keys are short: a byte loop finds their end and tells what they hold.
+            let (k, v) = match pair.bytes().position(|b| b == b'=') {
                 Some(at) => (&pair[..at], &pair[at + 1..]),
                 None => (pair, ""),
             };
-            let key = if memchr::memchr2(b'+', b'%', k.as_bytes()).is_none() {
+            let key = if !k.bytes().any(|b| b == b'+' || b == b'%') {
                 Cow::Borrowed(k)
             } else if k.contains('+') {
                 Cow::Owned(
