@@ -120,10 +120,12 @@ impl AccessRecord {
 /// `s` as a JSON string. Request ids, route names and labels are plain ASCII, so
 /// the usual case is one scan and one copy; anything else goes through serde_json's
 /// escaping.
+/// Printable ASCII that needs no escape in a JSON string.
+static JSON_PLAIN: crate::text::ByteClass =
+    crate::byte_class!(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f);
+
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
-    {
+    if JSON_PLAIN.all(s.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -380,6 +382,10 @@ mod tests {
         rec.upstream_status = None;
         let v: serde_json::Value = serde_json::from_str(&rec.to_json()).unwrap();
         assert!(v["cache"].is_null() && v["upstream_status"].is_null());
+        // An escape past the first sixteen bytes (the plain check's chunks).
+        rec.route = Arc::from(format!("{}\"{}\u{1}", "r".repeat(20), "s".repeat(16)));
+        let v: serde_json::Value = serde_json::from_str(&rec.to_json()).unwrap();
+        assert_eq!(v["route"].as_str(), Some(&*rec.route));
     }
 
     #[test]
