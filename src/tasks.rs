@@ -26,7 +26,7 @@
 //! gateway hands it to whatever builds such tasks ([`crate::proxy::Gateway::tasks`]).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -80,6 +80,31 @@ impl Tasks {
         self.tracker.spawn(async move {
             let _running = running;
             fut.await;
+        });
+    }
+
+    /// Runs `work` on what `owner` points to at once and then every `period`,
+    /// until the owner is dropped or the gateway stops. Ticks missed while `work`
+    /// runs are not made up.
+    pub fn every<T, F, Fut>(&self, name: &'static str, period: Duration, owner: Weak<T>, work: F)
+    where
+        T: Send + Sync + 'static,
+        F: Fn(Arc<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        self.spawn(name, move |cancel| async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(owner) = owner.upgrade() else {
+                    return;
+                };
+                work(owner).await;
+            }
         });
     }
 
@@ -141,6 +166,52 @@ mod tests {
         assert_eq!(tasks.running(), 3);
         assert!(tasks.shutdown(Duration::from_secs(5)).await);
         assert_eq!(stopped.load(Ordering::SeqCst), 3);
+        assert_eq!(tasks.running(), 0);
+    }
+
+    /// Polls `done` every 10 ms for up to 10 s (a shared machine may be slow).
+    async fn within_deadline(done: impl Fn() -> bool) -> bool {
+        for _ in 0..1000 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        done()
+    }
+
+    #[tokio::test]
+    async fn a_periodic_task_runs_until_its_owner_is_dropped() {
+        let tasks = Tasks::new();
+        let owner = Arc::new(AtomicUsize::new(0));
+        tasks.every(
+            "tick",
+            Duration::from_millis(5),
+            Arc::downgrade(&owner),
+            |o| async move {
+                o.fetch_add(1, Ordering::SeqCst);
+            },
+        );
+        assert!(within_deadline(|| owner.load(Ordering::SeqCst) >= 3).await);
+        assert_eq!(tasks.running(), 1);
+        drop(owner);
+        assert!(
+            within_deadline(|| tasks.running() == 0).await,
+            "ends with its owner"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_periodic_task_stops_at_shutdown() {
+        let tasks = Tasks::new();
+        let owner = Arc::new(AtomicUsize::new(0));
+        tasks.every(
+            "tick",
+            Duration::from_secs(3600),
+            Arc::downgrade(&owner),
+            |_| async {},
+        );
+        assert!(tasks.shutdown(Duration::from_secs(5)).await);
         assert_eq!(tasks.running(), 0);
     }
 

@@ -509,27 +509,18 @@ async fn the_library_secret_and_smh_tokens_never_appear_in_any_output() {
         .await,
         400
     );
-    let metrics = send(
-        Method::GET,
-        &format!("http://{admin}/metrics"),
-        &[],
-        Bytes::new(),
-    )
-    .await
-    .text();
+    let metrics = common::metrics_page(admin).await.text();
     assert!(metrics.contains("smh_gateway_upstream_token_fetches_total{result=\"failure\"} 1"));
 
     // Every access-log line is written once the request is answered; wait for all 5.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&run.stdout)
-        .unwrap_or_default()
-        .lines()
-        .count()
-        < 5
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", run.text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("five access-log lines", || {
+        std::fs::read_to_string(&run.stdout)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 5
+    })
+    .await;
     let outputs = format!("{}\n{check_text}\n{metrics}\n{bodies}", run.text());
     let tokens = mock.issued_tokens();
     assert!(tokens.len() >= 3, "{tokens:?}");

@@ -175,19 +175,8 @@ impl MemoryStore {
 
 /// Sweeps every [`SWEEP_EVERY`] until the store is dropped or the gateway stops.
 pub fn spawn_sweeper(store: Weak<MemoryStore>, tasks: &crate::tasks::Tasks) {
-    tasks.spawn("cache-sweeper", move |cancel| async move {
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let Some(store) = store.upgrade() else {
-                return;
-            };
-            store.sweep(now_ms());
-        }
+    tasks.every("cache-sweeper", SWEEP_EVERY, store, |store| async move {
+        store.sweep(now_ms());
     });
 }
 

@@ -368,22 +368,16 @@ impl RedisStore {
 /// Refreshes the entries gauge every [`COUNT_EVERY`] until the store is dropped
 /// or the gateway stops.
 fn spawn_counter(store: Weak<RedisStore>, tasks: &crate::tasks::Tasks) {
-    tasks.spawn("cache-redis-counter", move |cancel| async move {
-        let mut tick = tokio::time::interval(COUNT_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let Some(store) = store.upgrade() else {
-                return;
-            };
+    tasks.every(
+        "cache-redis-counter",
+        COUNT_EVERY,
+        store,
+        |store| async move {
             if let Ok(n) = store.count().await {
                 store.entries.store(n, Ordering::Relaxed);
             }
-        }
-    });
+        },
+    );
 }
 
 fn entries_key(key: &CacheKey) -> String {

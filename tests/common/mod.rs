@@ -762,19 +762,25 @@ pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// One scrape of a gateway's admin `/metrics` (fails the test unless it is a 200).
+pub async fn metrics_page(admin: SocketAddr) -> Resp {
+    let r = send(
+        Method::GET,
+        &format!("http://{admin}/metrics"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r
+}
+
 /// Polls one series on a gateway's `/metrics` until `done` holds for its value;
 /// returns that value, or fails the test after [`PATIENCE`].
 pub async fn until_metric(admin: SocketAddr, series: &str, done: impl Fn(f64) -> bool) -> f64 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let r = send(
-            Method::GET,
-            &format!("http://{admin}/metrics"),
-            &[],
-            Bytes::new(),
-        )
-        .await;
-        let v = metric_value(&r.text(), series);
+        let v = metric_value(&metrics_page(admin).await.text(), series);
         if done(v) {
             return v;
         }

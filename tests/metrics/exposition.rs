@@ -4,21 +4,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http::Method;
-
-use crate::common::{Resp, parse_exposition, send};
+use crate::common::{Resp, metrics_page, parse_exposition};
 pub use crate::common::{Sample, series_key};
 
 pub async fn scrape(admin: SocketAddr) -> (Resp, Vec<Sample>) {
-    let r = send(
-        Method::GET,
-        &format!("http://{admin}/metrics"),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let r = metrics_page(admin).await;
     let samples = parse_exposition(&r.text());
     (r, samples)
 }
