@@ -68,7 +68,9 @@ def main():
     ap.add_argument("--method", default="POST")
     ap.add_argument("--path", required=True)
     ap.add_argument("--label", default="")
-    ap.add_argument("--settle", type=float, default=2.0)
+    # Past the park (2 s idle) and the collection after it (1 s), with margin:
+    # connections opened late in a run of thousands park seconds after the first.
+    ap.add_argument("--settle", type=float, default=8.0)
     a = ap.parse_args()
     request = (
         f"{a.method} {a.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"

@@ -45,3 +45,4 @@ pub mod template;
 pub mod text;
 pub mod tls_client;
 pub mod token;
+pub mod trim;

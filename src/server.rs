@@ -659,6 +659,7 @@ impl Conn {
             }
             let parked = self.gateway.metrics().parked().clone();
             parked.inc();
+            crate::trim::after_park();
             let woke = tokio::select! {
                 ready = io.inner.readable() => ready.is_ok(),
                 _ = tokio::time::sleep_until(activity.idle_deadline(idle)) => false,
