@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Uri};
 
-use smh_gateway::cache::{CacheKey, CredentialDigest};
+use smh_gateway::cache::{CacheKey, CredentialDigest, RenewKey};
 use smh_gateway::config::{LibraryConfig, TrafficLimitBounds};
 use smh_gateway::fuzzing::{hs_secret_file, router, sign, token_config};
 use smh_gateway::proxy::auth::{Principal, Verifier};
@@ -147,6 +147,22 @@ fn cache_key(c: &mut Criterion) {
         b.iter(|| CredentialDigest::of(black_box(&token)))
     });
     let digest = CredentialDigest::of(&token);
+    // What a memory-store hit computes: the variant alone.
+    c.bench_function("cache/key/renew_hit", |b| {
+        b.iter(|| {
+            let op = black_box(&op);
+            RenewKey::new(
+                op.values.library.as_deref().unwrap_or_default(),
+                op.values.space.as_deref().unwrap_or_default(),
+                op.values.key.as_deref().unwrap_or_default(),
+                None,
+                Some(5_000_000),
+                &digest,
+            )
+            .varied_by(&rewrite::params_query(op))
+            .hash
+        })
+    });
     c.bench_function("cache/key/renew", |b| {
         b.iter(|| {
             let op = black_box(&op);

@@ -43,7 +43,7 @@ use crate::metrics::CacheResult;
 use crate::tasks::Tasks;
 pub use entry::{Answer, Entry, Lifetime, now_ms};
 use flight::Flights;
-pub use key::{CacheKey, CredentialDigest, KeyHash, UploadId};
+pub use key::{CacheKey, CredentialDigest, KeyHash, RenewKey, UploadId};
 use memory::MemoryStore;
 use redis::{RedisStore, Unavailable};
 
@@ -279,18 +279,23 @@ impl RenewCache {
     /// Answers a renew from the cache, or from one shared upstream call. `fetch`
     /// is called only by the request that starts a flight, and the future it makes
     /// runs in a task of its own.
-    pub async fn lookup<F, Fut>(&self, key: CacheKey, fetch: F) -> Lookup
+    pub async fn lookup<'k, F, Fut>(&self, key: impl Into<RenewKey<'k>>, fetch: F) -> Lookup
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Answer, GatewayError>> + Send + 'static,
     {
+        let key = key.into();
         let mut redis_failed = false;
+        // A memory hit needs the variant's digest alone; everything after it, the
+        // upload id too.
+        if let Backend::Memory(m) = &self.backend
+            && let Some(entry) = m.get(&key.hash, now_ms())
+        {
+            return hit(entry);
+        }
+        let key = key.complete();
         match &self.backend {
-            Backend::Memory(m) => {
-                if let Some(entry) = m.get(&key.hash, now_ms()) {
-                    return hit(entry);
-                }
-            }
+            Backend::Memory(_) => {}
             Backend::Redis(r) => match r.get(&key).await {
                 Ok(Some(entry)) => return hit(entry),
                 Ok(None) => {}

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, AccessRecord, method_label};
 use crate::cache::entry::Rest;
-use crate::cache::{Answer, CacheKey, CredentialDigest, RenewCache, Reply, Source};
+use crate::cache::{Answer, CredentialDigest, RenewCache, RenewKey, Reply, Source};
 use crate::config::{Config, ConfigError, Unmatched};
 use crate::error::GatewayError;
 use crate::limit::Limit;
@@ -644,7 +644,7 @@ impl Gateway {
                 (None, Some(c), _, _) => CredentialDigest::of(c),
                 (None, None, _, _) => CredentialDigest::of(&NO_CREDENTIAL),
             };
-            let key = CacheKey::new(
+            let key = RenewKey::new(
                 op.values.library.as_deref().unwrap_or_default(),
                 op.values.space.as_deref().unwrap_or_default(),
                 op.values.key.as_deref().unwrap_or_default(),
@@ -717,7 +717,7 @@ impl Gateway {
         &self,
         upstream: &Arc<Upstream>,
         cache: &RenewCache,
-        key: CacheKey,
+        key: RenewKey<'_>,
         method: http::Method,
         build: impl FnOnce() -> (String, HeaderMap) + Send,
         route_metrics: RouteMetrics,
