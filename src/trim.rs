@@ -24,11 +24,23 @@ pub fn after_park() {
     if PENDING.swap(true, Ordering::AcqRel) {
         return;
     }
-    tokio::spawn(async {
+    // Cleared however the task ends: a runtime shut down before the task ran or
+    // mid-sleep (a test's, or the gateway's at exit) must not leave later parks
+    // without one. Moved in, so that it drops with the future even unpolled.
+    let pending = Pending;
+    tokio::spawn(async move {
+        let _pending = pending;
         tokio::time::sleep(AFTER).await;
-        PENDING.store(false, Ordering::Release);
         collect();
     });
+}
+
+struct Pending;
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        PENDING.store(false, Ordering::Release);
+    }
 }
 
 /// Frees the pages this thread's heap no longer uses and purges (decommits)
@@ -44,19 +56,37 @@ pub fn collect() {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn parks_in_a_burst_share_one_collection() {
-        after_park();
+    // One test: the flag is process-wide, and two tests side by side would race.
+    #[test]
+    fn parks_share_one_collection_and_a_dropped_one_does_not_block_the_next() {
+        // A runtime shut down before its collection's sleep ends: the task is
+        // dropped, not run, and the flag is clear again.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { after_park() });
         assert!(PENDING.load(Ordering::Acquire));
-        after_park();
-        after_park();
-        // The collection runs after AFTER and clears the flag; poll generously.
-        for _ in 0..600 {
-            if !PENDING.load(Ordering::Acquire) {
-                return;
+        drop(rt);
+        assert!(!PENDING.load(Ordering::Acquire));
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            after_park();
+            assert!(PENDING.load(Ordering::Acquire));
+            after_park();
+            after_park();
+            // The collection runs after AFTER and clears the flag; poll generously.
+            for _ in 0..600 {
+                if !PENDING.load(Ordering::Acquire) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no collection within 30 s");
+            panic!("no collection within 30 s");
+        });
     }
 }
