@@ -60,17 +60,36 @@ fn is_client_forwarding(name: &HeaderName) -> bool {
 /// (matched case-insensitively; blank items are ignored).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the few names present decides.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    // Removed in place, only the names present: every keep-alive answer names
-    // `Connection`, and rebuilding the map would hash every name kept.
-    let connection = Listed::new(headers);
-    let doomed: Vec<HeaderName> = headers
+    let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_hop_by_hop(name) || connection.names(name))
+        .filter(|n| is_hop_by_hop(n))
         .cloned()
         .collect();
+    if doomed.is_empty() {
+        return;
+    }
+    // What `Connection` lists, found among the names present (an answer's
+    // `Connection: keep-alive` names one at most): each item is looked for, rather
+    // than every name tested against every item.
+    if doomed.contains(&header::CONNECTION) {
+        for line in headers.get_all(header::CONNECTION) {
+            for item in line.as_bytes().split(|&b| b == b',') {
+                let item = item.trim_ascii();
+                if item.is_empty() {
+                    continue;
+                }
+                if let Some(name) = headers
+                    .keys()
+                    .find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(item))
+                    && !doomed.contains(name)
+                {
+                    doomed.push(name.clone());
+                }
+            }
+        }
+    }
+    // Removed in place, only the names present: rebuilding the map would hash
+    // every name kept.
     for name in &doomed {
         headers.remove(name);
     }
