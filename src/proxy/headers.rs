@@ -68,23 +68,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if doomed.is_empty() {
         return;
     }
-    // What `Connection` lists, found among the names present (an answer's
-    // `Connection: keep-alive` names one at most): each item is looked for, rather
-    // than every name tested against every item.
+    // What `Connection` lists goes too.
     if doomed.contains(&header::CONNECTION) {
-        for line in headers.get_all(header::CONNECTION) {
-            for item in line.as_bytes().split(|&b| b == b',') {
-                let item = item.trim_ascii();
-                if item.is_empty() {
-                    continue;
-                }
-                if let Some(name) = headers
-                    .keys()
-                    .find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(item))
-                    && !doomed.contains(name)
-                {
-                    doomed.push(name.clone());
-                }
+        for name in connection_listed(headers) {
+            if !doomed.contains(&name) {
+                doomed.push(name);
             }
         }
     }
@@ -111,9 +99,9 @@ pub fn upstream_request_headers(
 ) -> HeaderMap {
     // Names the caller's `Connection` lists were for the previous hop alone; an
     // `X-Forwarded-For` among them must not seed the chain either.
-    let connection = Listed::new(&headers);
+    let listed = connection_listed(&headers);
     let mut chain: Vec<u8> = Vec::with_capacity(48);
-    if !connection.names(&X_FORWARDED_FOR) {
+    if !listed.contains(&X_FORWARDED_FOR) {
         // A list split over several lines is one list (RFC 9110 §5.3): keeping only
         // the first would let a client hide entries from whoever reads it.
         for value in headers.get_all(&X_FORWARDED_FOR) {
@@ -134,7 +122,7 @@ pub fn upstream_request_headers(
             *name == header::AUTHORIZATION
                 || is_hop_by_hop(name)
                 || is_client_forwarding(name)
-                || connection.names(name)
+                || listed.contains(name)
         })
         .cloned()
         .collect();
@@ -160,32 +148,29 @@ pub fn upstream_request_headers(
     headers
 }
 
-/// The items of a message's `Connection` header lines: each names a header that
-/// was for the previous hop alone. Items are compared with the map's names
-/// case-insensitively, as bytes, so an item that is no header name (blank, or not
-/// ASCII) names nothing and the others still count.
-struct Listed<'a> {
-    lines: Vec<&'a [u8]>,
-}
-
-impl<'a> Listed<'a> {
-    fn new(headers: &'a HeaderMap) -> Listed<'a> {
-        Listed {
-            lines: headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .map(HeaderValue::as_bytes)
-                .collect(),
+/// The headers present that the message's `Connection` lines list: each was for the
+/// previous hop alone. Each item is looked for among the names present,
+/// case-insensitively and as bytes, so an item that is no header name (blank, or
+/// not ASCII) names nothing and the others still count; a message without
+/// `Connection` costs one lookup.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for line in headers.get_all(header::CONNECTION) {
+        for item in line.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() {
+                continue;
+            }
+            if let Some(name) = headers
+                .keys()
+                .find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(item))
+                && !listed.contains(name)
+            {
+                listed.push(name.clone());
+            }
         }
     }
-
-    fn names(&self, name: &HeaderName) -> bool {
-        let name = name.as_str().as_bytes();
-        self.lines.iter().any(|line| {
-            line.split(|&b| b == b',')
-                .any(|item| item.trim_ascii().eq_ignore_ascii_case(name))
-        })
-    }
+    listed
 }
 
 /// `chain` (the caller's `X-Forwarded-For` entries, each followed by `", "`), then
