@@ -117,13 +117,13 @@ impl AccessRecord {
     }
 }
 
-/// `s` as a JSON string. Request ids, route names and labels are plain ASCII, so
-/// the usual case is one scan and one copy; anything else goes through serde_json's
-/// escaping.
 /// Printable ASCII that needs no escape in a JSON string.
 static JSON_PLAIN: crate::text::ByteClass =
     crate::byte_class!(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f);
 
+/// `s` as a JSON string. Request ids, route names and labels are plain ASCII, so
+/// the usual case is one scan and one copy; anything else goes through serde_json's
+/// escaping.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     if JSON_PLAIN.all(s.as_bytes()) {
         out.push(b'"');

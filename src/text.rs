@@ -60,10 +60,6 @@ impl ByteClass {
         }
         chunks.remainder().iter().all(|&b| self.0[usize::from(b)])
     }
-
-    pub fn contains(&self, b: u8) -> bool {
-        self.0[usize::from(b)]
-    }
 }
 
 #[cfg(test)]
@@ -82,7 +78,6 @@ mod tests {
                 assert!(!DIGITS.all(&bad), "{len} {at}");
             }
         }
-        assert!(DIGITS.contains(b'0') && !DIGITS.contains(b'/'));
     }
 
     #[test]

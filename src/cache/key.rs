@@ -65,7 +65,6 @@ impl Encoder {
     }
 }
 
-/// The digest of (library, space, confirm key): one upload task.
 /// The upstream credential's part of a key: keyed BLAKE3 of its bytes, so that a
 /// digest computed once (when a token is verified) serves every later key.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -85,6 +84,7 @@ impl fmt::Debug for CredentialDigest {
     }
 }
 
+/// The digest of (library, space, confirm key): one upload task.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct UploadId(pub [u8; 32]);
 

@@ -642,7 +642,7 @@ impl Gateway {
                     principal.token_digest(token)
                 }
                 (None, Some(c), _, _) => CredentialDigest::of(c),
-                (None, None, _, _) => CredentialDigest::of(&NO_CREDENTIAL),
+                (None, None, _, _) => *NO_CREDENTIAL,
             };
             let key = RenewKey::new(
                 op.values.library.as_deref().unwrap_or_default(),
@@ -974,8 +974,10 @@ async fn fetch_buffered(
     })
 }
 
-/// The cache key's credential for a row sent without one (none is today).
-static NO_CREDENTIAL: std::sync::LazyLock<Secret> = std::sync::LazyLock::new(|| Secret::new(""));
+/// The cache key's credential for a row sent without one (none is today), hashed
+/// once.
+static NO_CREDENTIAL: std::sync::LazyLock<CredentialDigest> =
+    std::sync::LazyLock::new(|| CredentialDigest::of(&Secret::new("")));
 
 /// An upstream answer the gateway will not relay: a protocol switch it did not ask
 /// for, or framing that disagrees with itself (a response-splitting attempt).
