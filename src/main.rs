@@ -207,12 +207,18 @@ fn serve(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // The SIGHUP handler is in place before the gateway says it is listening:
+        // a reload sent the moment it is up (a test, a deploy script) must reload,
+        // not meet the default action, which ends the process.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         log::info(&format!(
             "listening on {} (admin {})",
             server.local_addr(),
             server.admin_addr()
         ));
-        tokio::spawn(reload_on_sighup(server.reloader(), path.to_path_buf()));
+        if let Ok(hup) = hup {
+            tokio::spawn(reload_on_sighup(hup, server.reloader(), path.to_path_buf()));
+        }
         server.run(terminate()).await;
         log::info("stopped");
         ExitCode::SUCCESS
@@ -233,11 +239,7 @@ async fn terminate() {
 /// SIGHUP re-reads the config and applies it ([`Reloader`] counts and logs the
 /// outcome); an invalid file, or one that changes a key needing a restart, leaves
 /// the running config in place.
-async fn reload_on_sighup(reloader: Reloader, path: PathBuf) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_sighup(mut hup: tokio::signal::unix::Signal, reloader: Reloader, path: PathBuf) {
     while hup.recv().await.is_some() {
         log::info(&format!("SIGHUP: reloading {}", path.display()));
         let _ = reloader.reload_file(&path);

@@ -86,19 +86,29 @@ async fn get_text(addr: SocketAddr, path: &str) -> String {
     .text()
 }
 
-/// Polls `cond` every 20 ms for up to 10 s.
-async fn eventually<F, Fut>(what: &str, mut cond: F)
+/// Polls `cond` every 20 ms for up to [`PATIENCE`].
+async fn eventually<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..500 {
+    eventually_or(what, String::new, cond).await
+}
+
+/// As [`eventually`]; a failure also prints `context()` (a gateway's stderr, say).
+async fn eventually_or<F, Fut>(what: &str, context: impl Fn() -> String, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
         if cond().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("not within 10 s: {what}");
+    panic!("not within {PATIENCE:?}: {what}\n{}", context());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -130,10 +140,14 @@ async fn sighup_swaps_the_certificate_for_new_handshakes_and_open_connections_ke
     std::fs::write(&path, config_text(&dir, &mock.url(), &second)).unwrap();
     gw.signal("HUP");
     let new_cert = certs("tls/server2.pem")[0].clone();
-    eventually("a new handshake is served server2.pem", || {
-        let new_cert = new_cert.clone();
-        async move { tls_connect(gw.addr).await.1 == new_cert }
-    })
+    eventually_or(
+        "a new handshake is served server2.pem",
+        || gw.stderr_text(),
+        || {
+            let new_cert = new_cert.clone();
+            async move { tls_connect(gw.addr).await.1 == new_cert }
+        },
+    )
     .await;
     assert_eq!(
         metric_value(
