@@ -23,6 +23,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod alloc;
 pub mod cache;
 pub mod config;
 pub mod demo;

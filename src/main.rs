@@ -14,9 +14,10 @@ use smh_gateway::server::{Reloader, Server, StartError};
 use smh_gateway::token::{TokenSpec, mint, parse_permissions};
 
 /// mimalloc: fewer cycles per request than glibc malloc for the many small,
-/// short-lived allocations of a request (headers, strings, futures).
+/// short-lived allocations of a request (headers, strings, futures); see
+/// `src/alloc.rs` for how it is called.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: smh_gateway::alloc::Allocator = smh_gateway::alloc::Allocator;
 
 /// Exit status for any configuration problem.
 const EXIT_CONFIG: u8 = 2;
