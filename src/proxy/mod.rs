@@ -510,14 +510,14 @@ impl Gateway {
                     .after_auth(limits, client.addr, verified)
                     .await?;
                 let library = match &op.values.library {
-                    Some(l) => l.clone(),
+                    Some(l) => l.to_string(),
                     // Rows whose path names no library (shares by code) act in the
                     // token's own.
                     None => principal.library.clone().unwrap_or_default(),
                 };
                 let mut named = std::mem::take(&mut op.named_spaces);
                 named.extend(op.values.spaces.iter().map(|s| policy::NamedSpace {
-                    space: s.clone(),
+                    space: s.to_string(),
                     target: false,
                 }));
                 let authorized = policy::authorize(

@@ -574,20 +574,21 @@ fn normalise(path: &str) -> Vec<String> {
 }
 
 /// The typed values of a request's path, decoded and checked.
+/// Values borrow the request target unless decoding changed them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PathValues {
-    pub library: Option<String>,
-    pub space: Option<String>,
-    pub spaces: Vec<String>,
-    pub key: Option<String>,
-    pub id: Option<String>,
+pub struct PathValues<'a> {
+    pub library: Option<Cow<'a, str>>,
+    pub space: Option<Cow<'a, str>>,
+    pub spaces: Vec<Cow<'a, str>>,
+    pub key: Option<Cow<'a, str>>,
+    pub id: Option<Cow<'a, str>>,
     /// The FilePath, decoded, a leading `/` kept as sent; `""` or `"/"` is the root.
-    pub path: Option<String>,
+    pub path: Option<Cow<'a, str>>,
 }
 
-impl PathValues {
+impl<'a> PathValues<'a> {
     /// Decodes `segs` against `template` (which they fit exactly).
-    pub fn parse(template: &Template, segs: &[&str]) -> Result<PathValues, GatewayError> {
+    pub fn parse(template: &Template, segs: &[&'a str]) -> Result<PathValues<'a>, GatewayError> {
         let mut v = PathValues::default();
         for (i, seg) in template.segs.iter().enumerate() {
             match seg {
@@ -596,15 +597,18 @@ impl PathValues {
                 Seg::Space => v.space = Some(id_segment(segs[i])?),
                 Seg::Key => v.key = Some(id_segment(segs[i])?),
                 Seg::Id => v.id = Some(id_segment(segs[i])?),
-                Seg::Spaces => {
-                    let list = decode_segment(segs[i])?;
-                    for s in list.split(',') {
-                        if !is_valid_id(s) {
-                            return Err(BAD_SEGMENT);
+                Seg::Spaces => match decode_segment(segs[i])? {
+                    Cow::Borrowed(list) => {
+                        for s in list.split(',') {
+                            v.spaces.push(Cow::Borrowed(valid_id(s)?));
                         }
-                        v.spaces.push(s.to_string());
                     }
-                }
+                    Cow::Owned(list) => {
+                        for s in list.split(',') {
+                            v.spaces.push(Cow::Owned(valid_id(s)?.to_string()));
+                        }
+                    }
+                },
                 Seg::Path => v.path = Some(file_path(segs.get(i..).unwrap_or(&[]))?),
             }
         }
@@ -616,30 +620,42 @@ const BAD_SEGMENT: GatewayError = GatewayError::ParamInvalid(
     "path segment is empty, holds /, %, a control character, or is . or ..",
 );
 
-fn decode_segment(raw: &str) -> Result<String, GatewayError> {
-    percent_decode_strict(raw).ok_or(GatewayError::ParamInvalid(
+fn decode_segment(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
+    percent_decode_cow(raw).ok_or(GatewayError::ParamInvalid(
         "malformed percent-encoding in the path",
     ))
 }
 
-/// A library, space, confirm key or id segment.
-fn id_segment(raw: &str) -> Result<String, GatewayError> {
-    let decoded = decode_segment(raw)?;
-    if !is_valid_id(&decoded) {
-        return Err(BAD_SEGMENT);
+fn valid_id(s: &str) -> Result<&str, GatewayError> {
+    if is_valid_id(s) {
+        Ok(s)
+    } else {
+        Err(BAD_SEGMENT)
     }
+}
+
+/// A library, space, confirm key or id segment.
+fn id_segment(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
+    let decoded = decode_segment(raw)?;
+    valid_id(&decoded)?;
     Ok(decoded)
 }
 
 /// A FilePath from one or more raw segments (SPEC §11).
-fn file_path(raw: &[&str]) -> Result<String, GatewayError> {
-    let mut decoded = String::new();
-    for (i, seg) in raw.iter().enumerate() {
-        if i > 0 {
-            decoded.push('/');
+fn file_path<'a>(raw: &[&'a str]) -> Result<Cow<'a, str>, GatewayError> {
+    let decoded = match raw {
+        [one] => decode_segment(one)?,
+        _ => {
+            let mut joined = String::new();
+            for (i, seg) in raw.iter().enumerate() {
+                if i > 0 {
+                    joined.push('/');
+                }
+                joined.push_str(&decode_segment(seg)?);
+            }
+            Cow::Owned(joined)
         }
-        decoded.push_str(&decode_segment(seg)?);
-    }
+    };
     let body = decoded.strip_prefix('/').unwrap_or(&decoded);
     if !body.is_empty() {
         for part in body.split('/') {
@@ -655,32 +671,34 @@ fn file_path(raw: &[&str]) -> Result<String, GatewayError> {
 }
 
 /// A request on a row, parsed: what the later phases check and forward.
+///
+/// Values borrow the request's target (`'a`) unless decoding changed them.
 #[derive(Debug)]
-pub struct Operation {
+pub struct Operation<'a> {
     pub route: Arc<Route>,
-    pub values: PathValues,
+    pub values: PathValues<'a>,
     /// From `access_token`, or `Authorization: Bearer`; `None` when absent or empty.
     pub token: Option<Secret>,
     /// `None` when absent, empty, or not a parameter of the row.
-    pub user_id: Option<String>,
+    pub user_id: Option<Cow<'a, str>>,
     /// ASCII digits, saturated into u64; clamped later, in rewrite.
     pub traffic_limit: Option<u64>,
     /// The row's other parameters that were sent, decoded: (index in
     /// `route.params`, value), in the row's order.
-    pub params: Vec<(usize, String)>,
+    pub params: Vec<(usize, Cow<'a, str>)>,
     /// `permanent=1` (or `true`) was sent.
     pub permanent: bool,
     /// Spaces named in the query (the body's are added by the body phase).
     pub named_spaces: Vec<NamedSpace>,
 }
 
-impl Operation {
+impl<'a> Operation<'a> {
     /// Parses the path and query of a request on `route`.
     pub fn parse(
         route: Arc<Route>,
-        target: &Target<'_>,
+        target: &Target<'a>,
         headers: &HeaderMap,
-    ) -> Result<Operation, GatewayError> {
+    ) -> Result<Operation<'a>, GatewayError> {
         let values = PathValues::parse(&route.template, &target.segs)?;
         let query = &target.query;
         if query.has("library_secret") {
@@ -722,7 +740,7 @@ impl Operation {
             if let Some(raw) = query.single(name)? {
                 let value = decode_value(raw)?;
                 if name == "permanent" {
-                    permanent = matches!(value.as_str(), "1" | "true");
+                    permanent = matches!(&*value, "1" | "true");
                 }
                 params.push((i, value));
             }
@@ -739,7 +757,7 @@ impl Operation {
                     ));
                 }
                 named_spaces.push(NamedSpace {
-                    space: v.clone(),
+                    space: v.to_string(),
                     target: false,
                 });
             }
@@ -776,14 +794,18 @@ pub fn mentions_library_secret(raw: &[u8]) -> bool {
 
 /// The token from the query (SMH's convention) or `Authorization: Bearer` (an
 /// extension). Both present and different is a 400: one of them would go unchecked.
-fn token(query_token: Option<String>, headers: &HeaderMap) -> Result<Option<Secret>, GatewayError> {
+fn token(
+    query_token: Option<Cow<'_, str>>,
+    headers: &HeaderMap,
+) -> Result<Option<Secret>, GatewayError> {
     let query_token = query_token.filter(|t| !t.is_empty());
     let header_token = bearer(headers)?;
     match (query_token, header_token) {
-        (Some(q), Some(h)) if q != h => Err(GatewayError::ParamInvalid(
+        (Some(q), Some(h)) if *q != *h => Err(GatewayError::ParamInvalid(
             "access_token in the query and the Authorization header differ",
         )),
-        (Some(t), _) | (None, Some(t)) => Ok(Some(Secret::new(t))),
+        (Some(t), _) => Ok(Some(Secret::new(t.into_owned()))),
+        (None, Some(t)) => Ok(Some(Secret::new(t))),
         (None, None) => Ok(None),
     }
 }
@@ -832,10 +854,10 @@ pub fn parse_traffic_limit(value: &str) -> Result<u64, GatewayError> {
 
 /// A query value: `+` is a space (form encoding, as SMH's SDKs send it), `%XX` is
 /// decoded, control characters are refused.
-fn decode_value(raw: &str) -> Result<String, GatewayError> {
+fn decode_value(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
     // The common case (a JWT, an id): printable ASCII, nothing to decode.
     if PLAIN.all(raw.as_bytes()) {
-        return Ok(raw.to_string());
+        return Ok(Cow::Borrowed(raw));
     }
     let spaced;
     let raw = if raw.contains('+') {
@@ -852,7 +874,7 @@ fn decode_value(raw: &str) -> Result<String, GatewayError> {
             "control character in a query parameter",
         ));
     }
-    Ok(decoded)
+    Ok(Cow::Owned(decoded))
 }
 
 /// Printable ASCII but `+` and `%`: a query value made only of these is itself.

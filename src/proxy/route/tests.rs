@@ -551,12 +551,12 @@ proptest! {
         let router = router();
         let r = router.routes()[row].clone();
         let values = PathValues {
-            library: Some(library),
-            space: Some(space.clone()),
-            spaces: vec![space],
-            key: Some(key.clone()),
-            id: Some(key),
-            path: Some(path),
+            library: Some(library.into()),
+            space: Some(space.clone().into()),
+            spaces: vec![space.into()],
+            key: Some(key.clone().into()),
+            id: Some(key.into()),
+            path: Some(path.into()),
         };
         let mut query = String::new();
         if let Some(f) = &r.flag {
