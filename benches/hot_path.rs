@@ -30,9 +30,12 @@ const BOUNDS: TrafficLimitBounds = TrafficLimitBounds {
     default: None,
 };
 
-fn renew_op() -> Operation {
-    let uri: Uri = RENEW.parse().unwrap();
-    let target = Target::new(&uri);
+fn renew_uri() -> Uri {
+    RENEW.parse().unwrap()
+}
+
+fn renew_op(uri: &Uri) -> Operation<'_> {
+    let target = Target::new(uri);
     let Ok(Selected::Row { route, .. }) = router().select(&http::Method::POST, &target) else {
         panic!("renew selects a row");
     };
@@ -102,7 +105,8 @@ fn policy_authorize(c: &mut Criterion) {
         credential: None,
         ..Principal::default()
     };
-    let op = renew_op();
+    let uri = renew_uri();
+    let op = renew_op(&uri);
     let named: Vec<NamedSpace> = Vec::new();
     c.bench_function("policy/authorize/renew", |b| {
         b.iter(|| {
@@ -125,7 +129,8 @@ fn policy_authorize(c: &mut Criterion) {
 }
 
 fn rewrite_rebuild(c: &mut Criterion) {
-    let op = renew_op();
+    let uri = renew_uri();
+    let op = renew_op(&uri);
     let token = op.token.clone().unwrap();
     c.bench_function("rewrite/clamp+path+query/renew", |b| {
         b.iter(|| {
@@ -153,7 +158,8 @@ fn renew_key<'a>(op: &'a Operation, digest: &CredentialDigest) -> RenewKey<'a> {
 }
 
 fn cache_key(c: &mut Criterion) {
-    let op = renew_op();
+    let uri = renew_uri();
+    let op = renew_op(&uri);
     let token = op.token.clone().unwrap();
     // Once per token (kept with its verified principal), not per request.
     c.bench_function("cache/key/credential_digest", |b| {
