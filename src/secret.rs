@@ -2,15 +2,31 @@
 //! [`Secret`], whose `Debug` and `Display` print `[redacted]`, so that logging one by
 //! accident (in a `{:?}` of a larger struct, say) cannot leak it.
 
+use std::borrow::Cow;
 use std::fmt;
 
-/// A string that must never reach a log, a metric label or an error body.
+/// A string that must never reach a log, a metric label or an error body. Held
+/// (`Secret<'static>`, from [`Secret::new`]) or borrowed from the request it came
+/// in ([`Secret::borrowed`]): a caller's token is checked and forwarded without
+/// a copy.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Secret(String);
+pub struct Secret<'a>(Cow<'a, str>);
 
-impl Secret {
+impl Secret<'static> {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret(Cow::Owned(value.into()))
+    }
+}
+
+impl<'a> Secret<'a> {
+    /// A secret that lives in a request (its token in the query).
+    pub fn borrowed(value: &'a str) -> Self {
+        Secret(Cow::Borrowed(value))
+    }
+
+    /// The secret, held.
+    pub fn into_owned(self) -> Secret<'static> {
+        Secret(Cow::Owned(self.0.into_owned()))
     }
 
     /// The secret itself. Call sites are few and greppable: the verifier, the
@@ -28,13 +44,13 @@ impl Secret {
     }
 }
 
-impl fmt::Debug for Secret {
+impl fmt::Debug for Secret<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
     }
 }
 
-impl fmt::Display for Secret {
+impl fmt::Display for Secret<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
     }
@@ -51,5 +67,8 @@ mod tests {
         assert_eq!(format!("{s:?}"), "[redacted]");
         assert_eq!(format!("{:?}", Some(s.clone())), "Some([redacted])");
         assert_eq!(s.expose(), "eyJhbGciOiJIUzI1NiJ9.payload.sig");
+        let b = Secret::borrowed("in.a.query");
+        assert_eq!(format!("{b:?} {b}"), "[redacted] [redacted]");
+        assert_eq!(b.clone().into_owned(), b);
     }
 }

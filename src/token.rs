@@ -24,7 +24,7 @@ pub struct TokenSpec {
 }
 
 /// Mints a token with the HMAC key `spec.kid` of the config.
-pub fn mint(config: &Config, spec: &TokenSpec) -> Result<Secret, ConfigError> {
+pub fn mint(config: &Config, spec: &TokenSpec) -> Result<Secret<'static>, ConfigError> {
     let file = config.source.as_path();
     let (index, key) = config
         .auth

@@ -71,7 +71,7 @@ impl Encoder {
 pub struct CredentialDigest(pub [u8; 32]);
 
 impl CredentialDigest {
-    pub fn of(credential: &Secret) -> CredentialDigest {
+    pub fn of(credential: &Secret<'_>) -> CredentialDigest {
         CredentialDigest(
             *blake3::keyed_hash(&CREDENTIAL_KEY, credential.expose().as_bytes()).as_bytes(),
         )

@@ -55,7 +55,7 @@ pub struct Principal {
     pub user: Option<String>,
     pub permissions: Vec<String>,
     /// The upstream credential claim's value, when `upstream.credential = "claim"`.
-    pub credential: Option<Secret>,
+    pub credential: Option<Secret<'static>>,
     /// The renew cache's digest of the token this principal was verified from,
     /// computed on the first cache lookup and kept with the verified token (see
     /// [`Principal::token_digest`]).
@@ -66,7 +66,7 @@ impl Principal {
     /// The cache-key digest of `token`, which must be the token this principal was
     /// verified from (the verified-token cache hands a principal back only for the
     /// token it was verified from): hashed once per token, not once per request.
-    pub fn token_digest(&self, token: &Secret) -> CredentialDigest {
+    pub fn token_digest(&self, token: &Secret<'_>) -> CredentialDigest {
         *self
             .token_digest
             .get_or_init(|| CredentialDigest::of(token))
@@ -153,7 +153,7 @@ impl Verifier {
     pub async fn authenticate(
         &self,
         store: &KeyStore,
-        token: &Secret,
+        token: &Secret<'_>,
     ) -> Result<Arc<Principal>, AuthFailure> {
         let keys = store.current();
         match self.verify_cached(&keys, token) {
@@ -176,7 +176,7 @@ impl Verifier {
     pub fn verify_cached(
         &self,
         keys: &KeySet,
-        token: &Secret,
+        token: &Secret<'_>,
     ) -> Result<Arc<Principal>, AuthFailure> {
         let now = jsonwebtoken::get_current_timestamp();
         if let Some(hit) = self.cache.get(token.expose(), now, self.leeway_secs, keys) {
@@ -206,7 +206,7 @@ impl Verifier {
     }
 
     /// Verifies a token from scratch against the file keys alone (tests, tools).
-    pub fn verify(&self, token: &Secret) -> Result<Principal, AuthFailure> {
+    pub fn verify(&self, token: &Secret<'_>) -> Result<Principal, AuthFailure> {
         self.verify_full(&self.file_set, token)
             .map(|verified| verified.principal)
     }
@@ -220,7 +220,7 @@ impl Verifier {
     }
 
     /// Verifies a token against `keys`.
-    fn verify_full(&self, keys: &KeySet, token: &Secret) -> Result<Verified, AuthFailure> {
+    fn verify_full(&self, keys: &KeySet, token: &Secret<'_>) -> Result<Verified, AuthFailure> {
         self.verifications.inc();
         let token = token.expose();
         if token.len() > self.max_token_bytes {

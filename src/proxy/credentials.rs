@@ -59,7 +59,7 @@ const FAILED: GatewayError = GatewayError::UpstreamUnavailable(UpstreamFailure::
 /// SIGHUP).
 #[derive(Debug, Default)]
 pub struct LibrarySecrets {
-    by_library: HashMap<String, Secret>,
+    by_library: HashMap<String, Secret<'static>>,
 }
 
 impl LibrarySecrets {
@@ -106,7 +106,7 @@ impl LibrarySecrets {
         Ok(LibrarySecrets { by_library })
     }
 
-    pub fn get(&self, library: &str) -> Option<&Secret> {
+    pub fn get(&self, library: &str) -> Option<&Secret<'static>> {
         self.by_library.get(library)
     }
 }
@@ -160,7 +160,7 @@ impl TokenIdentity {
     /// The renew cache key's credential in this mode: the identity, not the token,
     /// so that a refreshed token does not empty the cache. Tagged and
     /// length-prefixed, so it never equals a passthrough token.
-    pub fn cache_credential(&self) -> Secret {
+    pub fn cache_credential(&self) -> Secret<'static> {
         let mut s = String::from("\0managed");
         for field in [
             Some(self.library.as_str()),
@@ -186,7 +186,7 @@ impl TokenIdentity {
 #[derive(Debug, Clone)]
 pub struct TokenRequest {
     pub identity: TokenIdentity,
-    secret: Secret,
+    secret: Secret<'static>,
     period_secs: u64,
     key: [u8; 32],
 }
@@ -266,7 +266,7 @@ impl TokenRequest {
 /// A token held, with the two moments that matter (ms since the epoch).
 #[derive(Debug, Clone)]
 struct Held {
-    token: Secret,
+    token: Secret<'static>,
     /// From here on a request starts a background refresh.
     refresh_at: u64,
     /// From here on the token is not used.
@@ -279,7 +279,7 @@ impl Held {
     /// `expiresIn` seconds from `now`: used until the margin (10 %, at least 30 s)
     /// before it, refreshed from halfway there. A lifetime under a minute (not
     /// SMH's: its minimum period is 300 s) is used for half of it.
-    fn new(token: Secret, expires_in_secs: u64, now: u64) -> Held {
+    fn new(token: Secret<'static>, expires_in_secs: u64, now: u64) -> Held {
         let life = expires_in_secs.saturating_mul(1000);
         let margin = if expires_in_secs >= 60 {
             (life / 10).max(30_000)
@@ -331,7 +331,7 @@ enum Why {
     Refresh,
 }
 
-type Outcome = Option<Result<Secret, GatewayError>>;
+type Outcome = Option<Result<Secret<'static>, GatewayError>>;
 
 #[derive(Default)]
 struct State {
@@ -386,7 +386,10 @@ impl TokenManager {
 
     /// A token for `req`: the one held, or one shared flight's. A held token past
     /// its refresh point is returned at once and refreshed in the background.
-    pub async fn get(self: &Arc<Self>, req: &TokenRequest) -> Result<Secret, GatewayError> {
+    pub async fn get(
+        self: &Arc<Self>,
+        req: &TokenRequest,
+    ) -> Result<Secret<'static>, GatewayError> {
         let now = now_ms();
         let found = {
             let mut state = self.lock();
@@ -429,14 +432,14 @@ impl TokenManager {
     pub async fn replace(
         self: &Arc<Self>,
         req: &TokenRequest,
-        token: &Secret,
-    ) -> Result<Secret, GatewayError> {
+        token: &Secret<'_>,
+    ) -> Result<Secret<'static>, GatewayError> {
         self.refused(req, token).await;
         self.get(req).await
     }
 
     /// Drops a token SMH refused (when it is still the one held).
-    pub async fn refused(&self, req: &TokenRequest, token: &Secret) {
+    pub async fn refused(&self, req: &TokenRequest, token: &Secret<'_>) {
         self.metrics.upstream_token_refused();
         {
             let mut state = self.lock();

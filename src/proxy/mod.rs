@@ -721,7 +721,7 @@ impl Gateway {
         method: http::Method,
         build: impl FnOnce() -> (String, HeaderMap) + Send,
         route_metrics: RouteMetrics,
-        managed: Option<(TokenRequest, Secret)>,
+        managed: Option<(TokenRequest, Secret<'static>)>,
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         // Built only on a miss: a hit never pays for the upstream request.
@@ -828,7 +828,7 @@ impl Gateway {
         upstream: &Arc<Upstream>,
         req: UpstreamRequest,
         request: &TokenRequest,
-        token: Secret,
+        token: Secret<'static>,
         route_metrics: &RouteMetrics,
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {

@@ -44,7 +44,7 @@ pub fn clamp_traffic_limit(
 pub enum CredentialSource {
     Passthrough,
     Claim,
-    Static(Secret),
+    Static(Secret<'static>),
     /// SMH tokens the gateway obtains with each library's secret (`credentials.rs`).
     LibrarySecret(Arc<LibrarySecrets>),
 }
@@ -81,10 +81,10 @@ impl CredentialSource {
     /// verified token; `user_id` is the caller's, already allowed by policy.
     pub fn choose<'a>(
         &'a self,
-        caller_token: &'a Secret,
+        caller_token: &'a Secret<'a>,
         principal: &'a Principal,
         user_id: Option<&'a str>,
-    ) -> Result<(&'a Secret, Option<&'a str>), GatewayError> {
+    ) -> Result<(&'a Secret<'a>, Option<&'a str>), GatewayError> {
         match self {
             CredentialSource::Passthrough => Ok((caller_token, user_id)),
             CredentialSource::Claim => principal.credential.as_ref().map(|c| (c, user_id)).ok_or(
@@ -102,7 +102,7 @@ impl CredentialSource {
 
 /// The same upstream target with `old`'s access_token swapped for `new`'s (a
 /// resend after SMH refused a managed token).
-pub fn replace_access_token(path_and_query: &str, old: &Secret, new: &Secret) -> String {
+pub fn replace_access_token(path_and_query: &str, old: &Secret<'_>, new: &Secret<'_>) -> String {
     let mut from = String::from("access_token=");
     push_encoded(&mut from, old.expose());
     let mut to = String::from("access_token=");
@@ -152,7 +152,7 @@ pub fn upstream_path(base_path: &str, template: &Template, v: &PathValues) -> St
 /// the row's other parameters in its order; absent ones left out.
 pub fn upstream_query(
     op: &Operation,
-    credential: Option<&Secret>,
+    credential: Option<&Secret<'_>>,
     user_id: Option<&str>,
     traffic_limit: Option<u64>,
 ) -> String {

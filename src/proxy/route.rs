@@ -678,7 +678,7 @@ pub struct Operation<'a> {
     pub route: Arc<Route>,
     pub values: PathValues<'a>,
     /// From `access_token`, or `Authorization: Bearer`; `None` when absent or empty.
-    pub token: Option<Secret>,
+    pub token: Option<Secret<'a>>,
     /// `None` when absent, empty, or not a parameter of the row.
     pub user_id: Option<Cow<'a, str>>,
     /// ASCII digits, saturated into u64; clamped later, in rewrite.
@@ -794,18 +794,18 @@ pub fn mentions_library_secret(raw: &[u8]) -> bool {
 
 /// The token from the query (SMH's convention) or `Authorization: Bearer` (an
 /// extension). Both present and different is a 400: one of them would go unchecked.
-fn token(
-    query_token: Option<Cow<'_, str>>,
+fn token<'a>(
+    query_token: Option<Cow<'a, str>>,
     headers: &HeaderMap,
-) -> Result<Option<Secret>, GatewayError> {
+) -> Result<Option<Secret<'a>>, GatewayError> {
     let query_token = query_token.filter(|t| !t.is_empty());
     let header_token = bearer(headers)?;
     match (query_token, header_token) {
         (Some(q), Some(h)) if *q != *h => Err(GatewayError::ParamInvalid(
             "access_token in the query and the Authorization header differ",
         )),
-        (Some(t), _) => Ok(Some(Secret::new(t.into_owned()))),
-        (None, Some(t)) => Ok(Some(Secret::new(t))),
+        (Some(Cow::Borrowed(t)), _) => Ok(Some(Secret::borrowed(t))),
+        (Some(Cow::Owned(t)), _) | (None, Some(t)) => Ok(Some(Secret::new(t))),
         (None, None) => Ok(None),
     }
 }

@@ -125,7 +125,7 @@ fn header(alg: Algorithm, kid: Option<&str>) -> Header {
     h
 }
 
-fn sign(header: &Header, claims: &Value, key: &EncodingKey) -> Secret {
+fn sign(header: &Header, claims: &Value, key: &EncodingKey) -> Secret<'static> {
     Secret::new(encode(header, claims, key).expect("sign"))
 }
 
@@ -172,7 +172,7 @@ fn hs256_verifier(upstream: &str, auth: &str) -> Verifier {
     verifier(upstream, auth, &[secret_key("k1", Algorithm::HS256, &path)])
 }
 
-fn hs256_token(claims: &Value) -> Secret {
+fn hs256_token(claims: &Value) -> Secret<'static> {
     sign(
         &header(Algorithm::HS256, Some("k1")),
         claims,
@@ -180,7 +180,7 @@ fn hs256_token(claims: &Value) -> Secret {
     )
 }
 
-fn segments(token: &Secret) -> Vec<String> {
+fn segments(token: &Secret<'_>) -> Vec<String> {
     token.expose().split('.').map(str::to_string).collect()
 }
 
@@ -534,7 +534,7 @@ fn jku_x5u_jwk_x5c_headers_are_ignored() {
 
 // ---- key lookup by (iss, kid) ----
 
-fn sign_as(secret: &[u8], kid: Option<&str>, iss: Option<&str>) -> Secret {
+fn sign_as(secret: &[u8], kid: Option<&str>, iss: Option<&str>) -> Secret<'static> {
     let c = match iss {
         Some(iss) => with(claims(), "iss", json!(iss)),
         None => claims(),
@@ -890,7 +890,7 @@ fn crit_header_is_refused() {
 }
 
 /// A token over raw JSON text (serde cannot write a repeated member).
-fn hs256_raw(header_json: &str, claims_json: &str) -> Secret {
+fn hs256_raw(header_json: &str, claims_json: &str) -> Secret<'static> {
     use base64::Engine as _;
     let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
     let message = format!("{}.{}", b64(header_json), b64(claims_json));
