@@ -73,6 +73,10 @@ struct Front {
     tls: Option<TlsAcceptor>,
     /// HTTP/1.1 or HTTP/2: by ALPN on TLS, by the client's first bytes on plain
     /// HTTP ([`park::sniff`]).
+    /// HTTP/1.1 over TLS: hyper bounds the wait for each request head.
+    http1_tls: hyper::server::conn::http1::Builder,
+    /// Plain HTTP/1.1: the same, but without hyper's per-request head timer
+    /// (`Conn::drive_h1` keeps the head's deadline, see [`Activity`]).
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
@@ -434,12 +438,17 @@ impl Front {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout)
+            // hyper arms (and disarms) a timer for every request head it reads,
+            // some 900 instructions a request; plain connections keep their head's
+            // deadline in their `Activity` instead.
+            .header_read_timeout(None)
             .max_buf_size(buf)
             // hyper's default of 100 headers would answer a bare 431 long before
             // server.max_header_bytes is reached; allow as many as can fit.
             .max_headers((server.max_header_bytes / 8).max(100))
             .keep_alive(true);
+        let mut http1_tls = http1.clone();
+        http1_tls.header_read_timeout(server.header_read_timeout);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -447,6 +456,7 @@ impl Front {
             .max_concurrent_streams(256);
         Ok(Front {
             tls,
+            http1_tls,
             http1,
             http2,
             header_read_timeout: server.header_read_timeout,
@@ -465,10 +475,15 @@ struct Conn {
     front: Arc<Front>,
 }
 
-/// Requests in flight on a connection and when the last one ended, for idle close.
+/// Requests in flight on a connection and when the last one ended, for idle close;
+/// on plain HTTP/1.1, also when the bytes of the next request head began to arrive,
+/// for its `server.header_read_timeout`.
 struct Activity {
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    /// 1 + the ms (from `epoch`) of the first byte read while no request was in
+    /// flight: a head is arriving. 0: none is.
+    head_from: AtomicU64,
     epoch: Instant,
 }
 
@@ -477,7 +492,40 @@ impl Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            head_from: AtomicU64::new(0),
             epoch: Instant::now(),
+        }
+    }
+
+    /// Bytes were read (plain HTTP/1.1, [`park::Rewind`]): with no request in
+    /// flight they are the start of a request head, whose clock starts now. One
+    /// clock read per request head.
+    fn note_read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_from.load(Ordering::Relaxed) == 0
+        {
+            self.head_from.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// When the head now arriving must be complete, if one is.
+    fn head_deadline(&self, timeout: Duration) -> Option<Instant> {
+        match self.head_from.load(Ordering::Relaxed) {
+            0 => None,
+            from => Some(self.epoch + Duration::from_millis(from - 1) + timeout),
+        }
+    }
+
+    /// [`Activity::next_check`] on plain HTTP/1.1: while a head arrives, its
+    /// deadline; while idle, also no later than `head` from now, so that a head
+    /// that starts meanwhile is looked at within its timeout.
+    fn next_check_h1(&self, period: Duration, head: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Instant::now() + period;
+        }
+        match self.head_deadline(head) {
+            Some(deadline) => deadline,
+            None => self.idle_deadline(period).min(Instant::now() + head),
         }
     }
 
@@ -514,6 +562,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn begin(activity: &Arc<Activity>) -> InFlight {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.head_from.store(0, Ordering::Relaxed);
         InFlight(activity.clone())
     }
 }
@@ -620,7 +669,10 @@ impl Conn {
     {
         let activity = Arc::new(Activity::new());
         let service = self.service(&activity);
-        let conn = self.front.http1.serve_connection(TokioIo::new(io), service);
+        let conn = self
+            .front
+            .http1_tls
+            .serve_connection(TokioIo::new(io), service);
         self.drive(conn, &activity).await;
     }
 
@@ -630,7 +682,7 @@ impl Conn {
         let activity = Arc::new(Activity::new());
         let service = self.service(&activity);
         let idle = self.front.idle_timeout;
-        let mut io = park::Rewind::new(bytes::Bytes::new(), stream);
+        let mut io = park::Rewind::new(bytes::Bytes::new(), stream, activity.clone());
         loop {
             let mut conn = Box::new(
                 self.front
@@ -652,7 +704,7 @@ impl Conn {
             }
             // hyper read `read_buf` from the front of what is left, so it comes first.
             let ahead = park::read_ahead(parts.read_buf, unread);
-            io = park::Rewind::new(ahead, stream);
+            io = park::Rewind::new(ahead, stream, activity.clone());
             self.gateway.metrics().parks().inc();
             if io.has_buffered() {
                 continue;
@@ -718,6 +770,7 @@ impl Conn {
     ) -> H1End {
         let idle = self.front.idle_timeout;
         let period = idle.min(park::PARK_AFTER);
+        let head = self.front.header_read_timeout;
         let mut closing = self.drain.is_cancelled();
         let mut parking = false;
         if closing {
@@ -739,13 +792,29 @@ impl Conn {
                     closing = true;
                     std::pin::Pin::new(&mut *conn).graceful_shutdown();
                 }
-                _ = tokio::time::sleep_until(activity.next_check(period)), if !closing && !parking => {
-                    if activity.is_idle_for(idle) {
-                        closing = true;
-                        std::pin::Pin::new(&mut *conn).graceful_shutdown();
-                    } else if activity.is_idle_for(park::PARK_AFTER) {
-                        parking = true;
-                        std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                _ = tokio::time::sleep_until(activity.next_check_h1(period, head)), if !closing && !parking => {
+                    if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                        continue;
+                    }
+                    match activity.head_deadline(head) {
+                        // A head that is not complete in time: the connection is
+                        // closed, as hyper closes one over TLS.
+                        Some(deadline) if Instant::now() >= deadline => {
+                            self.gateway.connection_error(self.client, crate::error::ConnectionError::Timeout);
+                            return H1End::Closed;
+                        }
+                        // A head on its way is neither idle nor parked (a park
+                        // would start its clock again).
+                        Some(_) => {}
+                        None if activity.is_idle_for(idle) => {
+                            closing = true;
+                            std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                        }
+                        None if activity.is_idle_for(park::PARK_AFTER) => {
+                            parking = true;
+                            std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                        }
+                        None => {}
                     }
                 }
             }
@@ -843,11 +912,7 @@ mod tests {
     #[test]
     fn idle_check_waits_a_whole_period_while_a_request_is_in_flight() {
         let idle = Duration::from_millis(10);
-        let activity = Arc::new(Activity {
-            in_flight: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-        });
+        let activity = Arc::new(Activity::new());
         // Idle for longer than the period, then a slow request comes in.
         std::thread::sleep(Duration::from_millis(20));
         assert!(
@@ -858,5 +923,33 @@ mod tests {
         // Not the deadline in the past, which would wake the loop again at once.
         assert!(activity.next_check(idle) >= Instant::now() + Duration::from_millis(9));
         assert!(!activity.is_idle_for(idle));
+    }
+
+    #[test]
+    fn a_head_clock_starts_at_the_first_byte_between_requests_and_stops_at_the_request() {
+        let head = Duration::from_secs(10);
+        let period = Duration::from_secs(2);
+        let activity = Arc::new(Activity::new());
+        assert_eq!(activity.head_deadline(head), None);
+        // Idle, no bytes: the idle check, and a look within `head`.
+        assert!(activity.next_check_h1(period, head) <= activity.epoch + period);
+        std::thread::sleep(Duration::from_millis(5));
+        activity.note_read();
+        let deadline = activity.head_deadline(head).expect("a head is arriving");
+        assert!(deadline >= activity.epoch + head + Duration::from_millis(5));
+        // More bytes of the same head do not move its deadline.
+        std::thread::sleep(Duration::from_millis(5));
+        activity.note_read();
+        assert_eq!(activity.head_deadline(head), Some(deadline));
+        assert_eq!(activity.next_check_h1(period, head), deadline);
+        // The head is complete: a request, whose body reads start no clock.
+        let busy = InFlight::begin(&activity);
+        assert_eq!(activity.head_deadline(head), None);
+        activity.note_read();
+        assert_eq!(activity.head_deadline(head), None);
+        drop(busy);
+        assert_eq!(activity.head_deadline(head), None);
+        activity.note_read();
+        assert!(activity.head_deadline(head).is_some());
     }
 }

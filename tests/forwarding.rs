@@ -466,6 +466,57 @@ async fn slow_headers_are_cut_off_by_header_read_timeout() {
     assert_eq!(gw.mock.count(), 0);
 }
 
+/// A head that stalls past the point where an idle connection is parked (2 s)
+/// is still held to header_read_timeout: a connection with a head on its way is
+/// not parked (hyper would wait for the rest of it), and its clock runs on.
+#[tokio::test]
+async fn a_head_stalled_past_the_park_point_is_cut_off_by_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start_with(Setup {
+        server: "header_read_timeout = \"3s\"\nidle_timeout = \"120s\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /api/v1/file/lib1/-/ck1?renew HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a stalled head still open after 30 s");
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    assert_eq!(gw.mock.count(), 0);
+}
+
+/// Between requests, the wait for the next head is the idle connection's
+/// (`idle_timeout`, parked), not the head's: no bytes, no head clock.
+#[tokio::test]
+async fn a_keep_alive_connection_outlives_header_read_timeout_while_it_sends_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start_with(Setup {
+        server: "header_read_timeout = \"300ms\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "POST /api/v1/file/lib1/-/ck1?renew&access_token={} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        token()
+    );
+    for round in 0..2 {
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 200"), "round {round}: {text}");
+        // Quiet for several header_read_timeouts, past the park point.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed_after_idle_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -3,7 +3,8 @@
 //! raw connection, wait (polling the gateway's metrics, never a fixed sleep) until
 //! the gateway reports it parked, and check that it still behaves as a keep-alive
 //! connection should: the next request on it is answered, bytes sent around the
-//! park are not lost, idle_timeout and drain still close it.
+//! park are not lost, idle_timeout and drain still close it, and one with half a
+//! request head is not parked at all.
 
 mod common;
 
@@ -83,18 +84,22 @@ async fn an_idle_connection_is_parked_and_answers_its_next_request() {
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
 }
 
+/// A connection with a request head on its way is not parked at the park point:
+/// its head's clock (server.header_read_timeout) runs on, and the head is
+/// finished on the same hyper connection. (Waiting past the park point takes a
+/// sleep: there is no event to poll for.)
 #[tokio::test]
-async fn a_request_head_begun_before_the_park_is_finished_after_it() {
+async fn a_request_head_begun_before_the_park_point_is_finished_unparked() {
     let gw = start().await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(renew_request("ck1").as_bytes()).await.unwrap();
     read_answer(&mut s).await;
-    // Half a head: the connection stays idle (no request yet), hyper holds the
-    // bytes when it is parked, and hands them to the next hyper connection.
     let next = renew_request("ck2");
     let (first, rest) = next.split_at(40);
     s.write_all(first.as_bytes()).await.unwrap();
-    until_metric(gw.admin, "smh_gateway_connection_parks_total", |v| v >= 1.0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let parks = gw.metric("smh_gateway_connection_parks_total").await;
+    assert_eq!(parks, 0.0, "parked with half a head");
     s.write_all(rest.as_bytes()).await.unwrap();
     let (status, _) = read_answer(&mut s).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");

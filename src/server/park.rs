@@ -20,22 +20,31 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::Activity;
 
 /// How long an HTTP/1.1 connection is idle (no request in flight, no answer being
 /// written) before it is parked.
 pub const PARK_AFTER: Duration = Duration::from_secs(2);
 
 /// An IO that first yields `pre` (bytes read ahead by an earlier hyper connection),
-/// then reads from `inner`; writes go straight to `inner`.
+/// then reads from `inner`; writes go straight to `inner`. Every read that yields
+/// bytes is told to the connection's [`Activity`] (a request head's clock).
 pub struct Rewind<I> {
     pre: Bytes,
     pub inner: I,
+    activity: Arc<Activity>,
 }
 
 impl<I> Rewind<I> {
-    pub fn new(pre: Bytes, inner: I) -> Rewind<I> {
-        Rewind { pre, inner }
+    pub(super) fn new(pre: Bytes, inner: I, activity: Arc<Activity>) -> Rewind<I> {
+        Rewind {
+            pre,
+            inner,
+            activity,
+        }
     }
 
     /// Bytes read ahead and not yet handed out.
@@ -59,9 +68,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
             let n = self.pre.len().min(buf.remaining());
             buf.put_slice(&self.pre[..n]);
             self.pre.advance(n);
+            self.activity.note_read();
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.note_read();
+        }
+        read
     }
 }
 
@@ -173,13 +188,16 @@ mod tests {
     #[tokio::test]
     async fn rewind_reads_what_was_read_ahead_first_then_the_socket() {
         let (client, mut server) = tokio::io::duplex(64);
-        let mut io = Rewind::new(Bytes::from_static(b"GET / HT"), client);
+        let activity = Arc::new(Activity::new());
+        let mut io = Rewind::new(Bytes::from_static(b"GET / HT"), client, activity.clone());
         assert!(io.has_buffered());
         server.write_all(b"TP/1.1\r\n").await.unwrap();
         let mut got = vec![0u8; 16];
         io.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"GET / HTTP/1.1\r\n");
         assert!(!io.has_buffered());
+        // What it handed out started a request head's clock.
+        assert!(activity.head_deadline(Duration::from_secs(1)).is_some());
         io.write_all(b"answer").await.unwrap();
         let mut back = [0u8; 6];
         server.read_exact(&mut back).await.unwrap();
