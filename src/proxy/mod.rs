@@ -311,8 +311,12 @@ impl Gateway {
         client: ClientInfo,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
+        // Parts and body go down apart: a request handed whole to an `async fn`
+        // stays in its future as an argument after it is taken apart, and the
+        // future is moved through every layer.
+        let (parts, body) = req.into_parts();
         let request_id =
-            headers::incoming_request_id(req.headers()).unwrap_or_else(|| self.request_ids.next());
+            headers::incoming_request_id(&parts.headers).unwrap_or_else(|| self.request_ids.next());
         let settings = self.settings.load_full();
         self.metrics.in_flight().inc();
         let mut flight = Unanswered {
@@ -320,13 +324,20 @@ impl Gateway {
             settings: settings.clone(),
             started,
             request_id,
-            method: method_label(req.method()),
+            method: method_label(&parts.method),
             client,
             ctx: Context::default(),
             answered: false,
         };
         let result = self
-            .dispatch(&settings, req, client, &flight.request_id, &mut flight.ctx)
+            .dispatch(
+                &settings,
+                parts,
+                body,
+                client,
+                &flight.request_id,
+                &mut flight.ctx,
+            )
             .await;
         flight.answered = true;
         let request_id = std::mem::take(&mut flight.request_id);
@@ -435,20 +446,20 @@ impl Gateway {
     async fn dispatch(
         &self,
         settings: &Settings,
-        req: Request<Incoming>,
+        parts: http::request::Parts,
+        body: Incoming,
         client: ClientInfo,
         request_id: &str,
         ctx: &mut Context,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let config = &settings.config;
-        check_limits(config, &req)?;
+        check_limits(config, &parts)?;
         let _permit = self
             .in_flight
             .try_take()
             .ok_or(GatewayError::ServerOverloaded)?;
 
         // Phase 1: route (and the request syntax of path, query and body).
-        let (parts, body) = req.into_parts();
         let target = Target::new(&parts.uri);
         let (route, dispatch) = match settings.router.select(&parts.method, &target)? {
             Selected::Row { route, dispatch } => (route, dispatch),
@@ -1007,15 +1018,15 @@ fn answer_response(
 }
 
 /// 414, 431 and an announced 413, before anything else is looked at.
-fn check_limits(config: &Config, req: &Request<Incoming>) -> Result<(), GatewayError> {
+fn check_limits(config: &Config, req: &http::request::Parts) -> Result<(), GatewayError> {
     let server = &config.server;
-    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > server.max_uri_bytes {
         return Err(GatewayError::UriTooLong);
     }
     // Counted as on the wire: "name: value\r\n".
     let header_bytes: usize = req
-        .headers()
+        .headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
@@ -1023,7 +1034,7 @@ fn check_limits(config: &Config, req: &Request<Incoming>) -> Result<(), GatewayE
         return Err(GatewayError::HeaderFieldsTooLarge);
     }
     let announced = req
-        .headers()
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
