@@ -123,3 +123,53 @@ async fn with_one_slot_a_second_exchange_is_refused_until_the_first_is_done() {
         assert_eq!(gw.metric(REFUSED).await, 1.0);
     }
 }
+
+/// A reload hands the running exchanges' permits on to the new settings: flights
+/// still running on the old upstream count against the new max_in_flight, so a
+/// reload (SIGHUP on an unchanged file, say) never lets more run at once; a raised
+/// limit lets exactly the difference through.
+#[tokio::test]
+async fn a_reload_keeps_counting_the_exchanges_still_running() {
+    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let gw = start_against(
+        mock.clone(),
+        Setup {
+            upstream: format!("max_in_flight = {LIMIT}\ntimeout = \"120s\""),
+            ..Setup::default()
+        },
+    )
+    .await;
+    mock.hold();
+    let mut held = Vec::new();
+    for i in 0..LIMIT {
+        held.push(renew_on_raw_connection(&gw, &format!("ck-{i}")).await);
+    }
+    until("every slot held", || mock.active() == LIMIT).await;
+
+    let file = gw.dir.join("gateway.toml");
+    gw.reloader.reload_file(&file).unwrap();
+    gw.renew(&format!("access_token={}", token()))
+        .await
+        .assert_error(503, "ServerOverloaded");
+    assert_eq!(mock.max_active(), LIMIT);
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    let raised = text.replace(
+        &format!("max_in_flight = {LIMIT}\n"),
+        &format!("max_in_flight = {}\n", LIMIT + 1),
+    );
+    assert_ne!(raised, text, "the limit is in the file");
+    std::fs::write(&file, raised).unwrap();
+    gw.reloader.reload_file(&file).unwrap();
+    held.push(renew_on_raw_connection(&gw, "ck-raised").await);
+    until("the one more slot taken", || mock.active() == LIMIT + 1).await;
+    gw.renew(&format!("access_token={}", token()))
+        .await
+        .assert_error(503, "ServerOverloaded");
+    assert_eq!(mock.max_active(), LIMIT + 1);
+    mock.release();
+    until("the held flights ended", || mock.active() == 0).await;
+    drop(held);
+}

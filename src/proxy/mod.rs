@@ -284,6 +284,12 @@ impl Gateway {
     /// store takes the new file keys and JWKS URLs first (unchanged URLs keep
     /// their fetched sets).
     pub fn replace_settings(&self, mut settings: Settings) {
+        // Exchanges running on the old upstream keep their upstream.max_in_flight
+        // permits, counted against the new capacity.
+        match Arc::get_mut(&mut settings.upstream) {
+            Some(upstream) => upstream.take_slots_from(&self.settings.load().upstream),
+            None => debug_assert!(false, "new settings' upstream is shared before use"),
+        }
         self.keys.reconfigure(settings.verifier.key_sources());
         self.tokens.use_upstream(settings.upstream.clone());
         self.in_flight

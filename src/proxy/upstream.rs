@@ -14,7 +14,9 @@
 //! coalesced renew flight takes its permit in its own task, so a caller that hangs
 //! up still counts until the flight ends; `server.max_in_flight` alone cannot bound
 //! those. With every permit taken the exchange is not started: 503, counted in
-//! `smh_gateway_upstream_refused_total`.
+//! `smh_gateway_upstream_refused_total`. The permits are a [`Limit`] that a reload
+//! hands on to the next `Upstream` ([`Upstream::take_slots_from`]): exchanges still
+//! running on the old settings keep counting against the new capacity.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,11 +26,11 @@ use bytes::Bytes;
 use http::uri::Scheme;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::{ClientAuthFiles, ConfigError, UpstreamConfig};
 use crate::error::{GatewayError, UpstreamFailure};
+use crate::limit::{Held, Limit};
 use crate::metrics::Metrics;
 
 mod pool;
@@ -52,12 +54,12 @@ pub struct Upstream {
     timeout: Duration,
     retries: u32,
     /// `upstream.max_in_flight` permits.
-    slots: Arc<Semaphore>,
+    slots: Arc<Limit>,
 }
 
 /// One of `upstream.max_in_flight`: held for as long as one exchange runs.
 #[derive(Debug)]
-pub struct Permit(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Permit(#[allow(dead_code)] Held<Arc<Limit>>);
 
 /// A request to send upstream; rebuilt for each attempt, so it owns its parts.
 pub struct UpstreamRequest {
@@ -96,19 +98,26 @@ impl Upstream {
             base_path: url.path().to_string(),
             timeout: cfg.timeout,
             retries: cfg.retries,
-            slots: Arc::new(Semaphore::new(
-                cfg.max_in_flight.min(Semaphore::MAX_PERMITS),
-            )),
+            slots: Arc::new(Limit::new(cfg.max_in_flight)),
         })
+    }
+
+    /// Takes over `old`'s permits (a reload), at this upstream's capacity: the
+    /// exchanges still running on `old` count here until they end, so a reload
+    /// never lets more than `upstream.max_in_flight` run at once.
+    pub fn take_slots_from(&mut self, old: &Upstream) {
+        let capacity = self.slots.capacity();
+        self.slots = old.slots.clone();
+        self.slots.set_capacity(capacity);
     }
 
     /// A permit for one exchange, or `UpstreamOverloaded` (counted) when
     /// `upstream.max_in_flight` exchanges are running: the gateway then refuses
     /// rather than queue work the upstream is already behind on.
     pub fn permit(&self, metrics: &Metrics) -> Result<Permit, GatewayError> {
-        match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => Ok(Permit(permit)),
-            Err(_) => {
+        match self.slots.try_take_owned() {
+            Some(permit) => Ok(Permit(permit)),
+            None => {
                 metrics.upstream_refused();
                 Err(GatewayError::UpstreamOverloaded)
             }
