@@ -76,7 +76,7 @@ impl AccessRecord {
         out.extend_from_slice(b"\",\"request_id\":");
         json_str(out, &self.request_id);
         out.extend_from_slice(b",\"method\":");
-        json_str(out, self.method);
+        json_static(out, self.method);
         out.extend_from_slice(b",\"route\":");
         json_str(out, &self.route);
         out.extend_from_slice(b",\"status\":");
@@ -103,7 +103,7 @@ impl AccessRecord {
         }
         out.extend_from_slice(b",\"cache\":");
         match self.cache {
-            Some(c) => json_str(out, c),
+            Some(c) => json_static(out, c),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"client\":\"");
@@ -111,7 +111,7 @@ impl AccessRecord {
         out.push(b'"');
         if let Some(reason) = self.reason {
             out.extend_from_slice(b",\"reason\":");
-            json_str(out, reason);
+            json_static(out, reason);
         }
         out.push(b'}');
     }
@@ -120,6 +120,15 @@ impl AccessRecord {
 /// Printable ASCII that needs no escape in a JSON string.
 static JSON_PLAIN: crate::text::ByteClass =
     crate::byte_class!(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f);
+
+/// One of the gateway's own labels (a method label, a cache source, a refusal
+/// reason: `&'static str`s of plain ASCII) as a JSON string, unscanned.
+fn json_static(out: &mut Vec<u8>, s: &'static str) {
+    debug_assert!(JSON_PLAIN.all(s.as_bytes()), "{s:?} needs escaping");
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
 
 /// `s` as a JSON string. Request ids, route names and labels are plain ASCII, so
 /// the usual case is one scan and one copy; anything else goes through serde_json's

@@ -413,7 +413,8 @@ pub enum ConnectionError {
     Parse,
     /// A request head over hyper's buffer: a bare 431, closed.
     TooLarge,
-    /// No complete head within `server.header_read_timeout` (also idle keep-alive).
+    /// No complete head within `server.header_read_timeout` (over TLS, also an
+    /// idle keep-alive connection).
     Timeout,
     /// Anything else (the client reset, an I/O error).
     Other,
@@ -527,6 +528,12 @@ mod tests {
         for (err, status, code) in table {
             assert_eq!(err.status().as_u16(), *status, "{err:?}");
             assert_eq!(err.code(), *code, "{err:?}");
+            // The access log writes reasons unescaped.
+            let reason = err.reason();
+            assert!(
+                !reason.is_empty() && reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{err:?}: {reason:?}"
+            );
         }
     }
 

@@ -25,14 +25,17 @@ impl RequestIds {
     /// `format!`: it runs for nearly every request.
     pub fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(8) as usize;
+        // All sixteen nibbles into bytes, then the last `digits` of them appended.
+        let mut hex = [0u8; 16];
+        for (i, b) in hex.iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[((n >> ((15 - i) * 4)) & 0xf) as usize];
+        }
         let mut id = String::with_capacity(self.prefix.len() + 1 + 16);
         id.push_str(&self.prefix);
         id.push('-');
-        let digits = (64 - n.leading_zeros()).div_ceil(4).max(8);
-        for i in (0..digits).rev() {
-            let nibble = ((n >> (i * 4)) & 0xf) as u8;
-            id.push(char::from(b"0123456789abcdef"[usize::from(nibble)]));
-        }
+        // Hex digits are ASCII.
+        id.push_str(std::str::from_utf8(&hex[16 - digits..]).unwrap_or_default());
         id
     }
 }
