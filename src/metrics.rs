@@ -134,7 +134,9 @@ pub struct Metrics {
     rate_limited: [IntCounter; LimitKind::ALL.len()],
     rate_limit_backend_errors: IntCounter,
     token_verifications: IntCounter,
-    by_library: std::collections::HashMap<String, (IntCounter, Histogram)>,
+    /// foldhash: looked up on every renew, keyed by the operator's library ids.
+    by_library:
+        std::collections::HashMap<String, (IntCounter, Histogram), foldhash::fast::RandomState>,
     jwks: JwksMetrics,
 }
 
