@@ -71,12 +71,12 @@ struct Live {
 struct Front {
     /// `None`: plain HTTP (and h2c).
     tls: Option<TlsAcceptor>,
-    /// HTTP/1.1 or HTTP/2: by ALPN on TLS, by the client's first bytes on plain
-    /// HTTP ([`park::sniff`]).
+    // HTTP/1.1 or HTTP/2: by ALPN on TLS, by the client's first bytes on plain
+    // HTTP ([`park::sniff`]).
     /// HTTP/1.1 over TLS: hyper bounds the wait for each request head.
     http1_tls: hyper::server::conn::http1::Builder,
-    /// Plain HTTP/1.1: the same, but without hyper's per-request head timer
-    /// (`Conn::drive_h1` keeps the head's deadline, see [`Activity`]).
+    /// Plain HTTP/1.1: the same settings, but without hyper's per-request head
+    /// timer (`Conn::drive_h1` keeps the head's deadline, see [`Activity`]).
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
