@@ -533,3 +533,37 @@ async fn stopping_the_gateway_stops_its_background_tasks() {
     assert_eq!(gateway.tasks().running(), 0);
     assert!(gateway.tasks().is_stopping());
 }
+
+/// A reload that leaves alone how upstream connections are opened (URL, connect
+/// timeout, no TLS files) keeps the pooled ones: SMH sees no new connection. One
+/// that changes it opens new ones.
+#[tokio::test]
+async fn a_reload_keeps_pooled_upstream_connections_unless_how_they_are_opened_changed() {
+    let gw = start_with(Setup::default()).await;
+    let renew = |ck: &str| format!("/api/v1/file/lib1/-/{ck}?renew&access_token={}", token());
+    gw.post(&renew("ck-a")).await;
+    assert_eq!(gw.mock.count(), 1);
+    assert_eq!(gw.mock.connections(), 1);
+
+    gw.reload(&Setup {
+        server: "max_in_flight = 100".into(),
+        ..Setup::default()
+    })
+    .unwrap();
+    gw.post(&renew("ck-b")).await;
+    assert_eq!(gw.mock.count(), 2);
+    assert_eq!(gw.mock.connections(), 1, "the pooled connection was kept");
+
+    gw.reload(&Setup {
+        upstream: "connect_timeout = \"7s\"".into(),
+        ..Setup::default()
+    })
+    .unwrap();
+    gw.post(&renew("ck-c")).await;
+    assert_eq!(gw.mock.count(), 3);
+    assert_eq!(
+        gw.mock.connections(),
+        2,
+        "a new connection for the new settings"
+    );
+}

@@ -113,6 +113,8 @@ struct State {
     active: AtomicUsize,
     /// The most ever answered at once.
     max_active: AtomicUsize,
+    /// Connections accepted.
+    connections: AtomicUsize,
 }
 
 /// Counts one request as active until its answer is done or hyper drops it (the
@@ -158,6 +160,7 @@ impl MockUpstream {
                 held: watch::Sender::new(false),
                 active: AtomicUsize::new(0),
                 max_active: AtomicUsize::new(0),
+                connections: AtomicUsize::new(0),
             }),
         };
         tokio::spawn(serve(listener, mock.state.clone()));
@@ -257,6 +260,11 @@ impl MockUpstream {
     pub fn max_active(&self) -> usize {
         self.state.max_active.load(Ordering::SeqCst)
     }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
 }
 
 async fn serve(listener: TcpListener, state: Arc<State>) {
@@ -265,6 +273,7 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        state.connections.fetch_add(1, Ordering::SeqCst);
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {

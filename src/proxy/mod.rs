@@ -285,9 +285,10 @@ impl Gateway {
     /// their fetched sets).
     pub fn replace_settings(&self, mut settings: Settings) {
         // Exchanges running on the old upstream keep their upstream.max_in_flight
-        // permits, counted against the new capacity.
+        // permits, counted against the new capacity; its idle connections stay
+        // pooled if they were opened the same way.
         match Arc::get_mut(&mut settings.upstream) {
-            Some(upstream) => upstream.take_slots_from(&self.settings.load().upstream),
+            Some(upstream) => upstream.carry_over_from(&self.settings.load().upstream),
             None => debug_assert!(false, "new settings' upstream is shared before use"),
         }
         self.keys.reconfigure(settings.verifier.key_sources());

@@ -15,8 +15,9 @@
 //! up still counts until the flight ends; `server.max_in_flight` alone cannot bound
 //! those. With every permit taken the exchange is not started: 503, counted in
 //! `smh_gateway_upstream_refused_total`. The permits are a [`Limit`] that a reload
-//! hands on to the next `Upstream` ([`Upstream::take_slots_from`]): exchanges still
-//! running on the old settings keep counting against the new capacity.
+//! hands on to the next `Upstream` ([`Upstream::carry_over_from`]): exchanges still
+//! running on the old settings keep counting against the new capacity. So are the
+//! pooled connections, when the reload leaves what they were opened with alone.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -55,6 +56,10 @@ pub struct Upstream {
     retries: u32,
     /// `upstream.max_in_flight` permits.
     slots: Arc<Limit>,
+    /// What the pool's connections were opened with, when a reload may keep them:
+    /// the URL and the connect timeout, and no `ca_file` or client certificate
+    /// (files a reload is often for, to rotate them).
+    reusable: Option<(Uri, Duration)>,
 }
 
 /// One of `upstream.max_in_flight`: held for as long as one exchange runs.
@@ -99,16 +104,24 @@ impl Upstream {
             timeout: cfg.timeout,
             retries: cfg.retries,
             slots: Arc::new(Limit::new(cfg.max_in_flight)),
+            reusable: (cfg.ca_file.is_none() && cfg.client_auth.is_none())
+                .then(|| (cfg.url.clone(), cfg.connect_timeout)),
         })
     }
 
-    /// Takes over `old`'s permits (a reload), at this upstream's capacity: the
-    /// exchanges still running on `old` count here until they end, so a reload
-    /// never lets more than `upstream.max_in_flight` run at once.
-    pub fn take_slots_from(&mut self, old: &Upstream) {
+    /// What a reload carries over from the running `old` upstream. Its permits,
+    /// at this upstream's capacity: the exchanges still running on `old` count
+    /// here until they end, so a reload never lets more than
+    /// `upstream.max_in_flight` run at once. And its pooled connections, when
+    /// both were opened the same way (same URL and connect timeout, no TLS files):
+    /// a reload then does not make every request open a new connection to SMH.
+    pub fn carry_over_from(&mut self, old: &Upstream) {
         let capacity = self.slots.capacity();
         self.slots = old.slots.clone();
         self.slots.set_capacity(capacity);
+        if self.reusable.is_some() && self.reusable == old.reusable {
+            self.pool = old.pool.clone();
+        }
     }
 
     /// A permit for one exchange, or `UpstreamOverloaded` (counted) when

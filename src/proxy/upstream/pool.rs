@@ -54,6 +54,9 @@ pub enum SendError {
     Failed,
 }
 
+/// Clones share the connections (a reload hands the pool on, see
+/// `Upstream::carry_over_from`).
+#[derive(Clone)]
 pub struct Pool {
     inner: Arc<Inner>,
 }
