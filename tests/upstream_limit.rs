@@ -27,8 +27,9 @@ async fn renew_on_raw_connection(gw: &TestGateway, ck: &str) -> TcpStream {
     s
 }
 
-#[tokio::test]
-async fn distinct_renews_from_clients_that_hang_up_never_exceed_upstream_max_in_flight() {
+/// A gateway with upstream.max_in_flight = LIMIT in front of a mock that holds
+/// its answers.
+async fn start_limited() -> (TestGateway, MockUpstream) {
     let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -41,6 +42,12 @@ async fn distinct_renews_from_clients_that_hang_up_never_exceed_upstream_max_in_
     )
     .await;
     mock.hold();
+    (gw, mock)
+}
+
+#[tokio::test]
+async fn distinct_renews_from_clients_that_hang_up_never_exceed_upstream_max_in_flight() {
+    let (gw, mock) = start_limited().await;
     let n = 5 * LIMIT;
     for i in 0..n {
         let client = renew_on_raw_connection(&gw, &format!("ck-{i}")).await;
@@ -130,18 +137,7 @@ async fn with_one_slot_a_second_exchange_is_refused_until_the_first_is_done() {
 /// limit lets exactly the difference through.
 #[tokio::test]
 async fn a_reload_keeps_counting_the_exchanges_still_running() {
-    let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let gw = start_against(
-        mock.clone(),
-        Setup {
-            upstream: format!("max_in_flight = {LIMIT}\ntimeout = \"120s\""),
-            ..Setup::default()
-        },
-    )
-    .await;
-    mock.hold();
+    let (gw, mock) = start_limited().await;
     let mut held = Vec::new();
     for i in 0..LIMIT {
         held.push(renew_on_raw_connection(&gw, &format!("ck-{i}")).await);
