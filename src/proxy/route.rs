@@ -573,8 +573,8 @@ fn normalise(path: &str) -> Vec<String> {
     out
 }
 
-/// The typed values of a request's path, decoded and checked.
-/// Values borrow the request target unless decoding changed them.
+/// The typed values of a request's path, decoded and checked. They borrow the
+/// request target unless decoding changed them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PathValues<'a> {
     pub library: Option<Cow<'a, str>>,
