@@ -59,26 +59,16 @@ fn is_client_forwarding(name: &HeaderName) -> bool {
 /// Removes hop-by-hop headers, including every header the `Connection` header names
 /// (matched case-insensitively; blank items are ignored).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the few names present decides.
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    if doomed.is_empty() {
-        return;
-    }
-    // What `Connection` lists goes too.
-    if doomed.contains(&header::CONNECTION) {
-        for name in connection_listed(headers) {
-            if !doomed.contains(&name) {
-                doomed.push(name);
-            }
-        }
-    }
-    // Removed in place, only the names present: rebuilding the map would hash
-    // every name kept.
-    for name in &doomed {
+    let listed = connection_listed(headers);
+    remove_where(headers, |name| is_hop_by_hop(name) || listed.contains(name));
+}
+
+/// Removes the names present that `doomed` picks, in place: one pass over the
+/// names present, then one removal each (removing a fixed list of names, present
+/// or not, hashed each of them; rebuilding the map would hash every name kept).
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in &names {
         headers.remove(name);
     }
 }
@@ -88,9 +78,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `Host` and `Content-Length` are left for `Upstream::send`, which always sets
 /// them for the upstream hop (or drops a length where no body goes).
 ///
-/// One pass over the names present picks what must go, and only those are removed
-/// (removing all ~20 names that must not go upstream, present or not, hashed each
-/// of them on every request; rebuilding the map hashed every name kept).
+/// One pass over the names present picks what must go (`remove_where`).
 pub fn upstream_request_headers(
     mut headers: HeaderMap,
     client: SocketAddr,
@@ -112,23 +100,15 @@ pub fn upstream_request_headers(
             }
         }
     }
-    // Edited in place: a request keeps most of its headers, and a rebuilt map would
-    // hash every one of them again.
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            // `Host` and `Content-Length` stay for now: they are the upstream
-            // hop's, and `Upstream::send` sets both (see there).
-            *name == header::AUTHORIZATION
-                || is_hop_by_hop(name)
-                || is_client_forwarding(name)
-                || listed.contains(name)
-        })
-        .cloned()
-        .collect();
-    for name in &doomed {
-        headers.remove(name);
-    }
+    // Edited in place: a request keeps most of its headers. `Host` and
+    // `Content-Length` stay for now: they are the upstream hop's, and
+    // `Upstream::send` sets both (see there).
+    remove_where(&mut headers, |name| {
+        *name == header::AUTHORIZATION
+            || is_hop_by_hop(name)
+            || is_client_forwarding(name)
+            || listed.contains(name)
+    });
     let crumbs = headers.get_all(header::COOKIE).iter().count();
     if crumbs > 1 {
         match join_cookie_crumbs(headers.get_all(header::COOKIE)) {
