@@ -446,22 +446,29 @@ async fn connections_over_the_limit_get_503() {
     assert!(out.contains("ServerOverloaded"), "{out}");
 }
 
+/// Sends half a request head (no blank line) on a new connection to `gw`, and
+/// reads until the gateway closes it or `patience` passes. `None`: still open.
+async fn half_a_head(gw: &TestGateway, patience: Duration) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /api/v1/file/lib1/-/ck1?renew HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(patience, s.read_to_end(&mut buf)).await;
+    read.is_ok().then_some(buf)
+}
+
 #[tokio::test]
 async fn slow_headers_are_cut_off_by_header_read_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = start_with(Setup {
         server: "header_read_timeout = \"300ms\"".into(),
         ..Setup::default()
     })
     .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"POST /api/v1/file/lib1/-/ck1?renew HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
     let started = std::time::Instant::now();
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "connection still open after 5 s");
+    let read = half_a_head(&gw, Duration::from_secs(5)).await;
+    assert!(read.is_some(), "connection still open after 5 s");
     assert!(started.elapsed() < Duration::from_secs(4));
     assert_eq!(gw.mock.count(), 0);
 }
@@ -471,19 +478,14 @@ async fn slow_headers_are_cut_off_by_header_read_timeout() {
 /// not parked (hyper would wait for the rest of it), and its clock runs on.
 #[tokio::test]
 async fn a_head_stalled_past_the_park_point_is_cut_off_by_header_read_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = start_with(Setup {
         server: "header_read_timeout = \"3s\"\nidle_timeout = \"120s\"".into(),
         ..Setup::default()
     })
     .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"POST /api/v1/file/lib1/-/ck1?renew HTTP/1.1\r\nHost: x\r\n")
+    let buf = half_a_head(&gw, Duration::from_secs(30))
         .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "a stalled head still open after 30 s");
+        .expect("a stalled head still open after 30 s");
     assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
     assert_eq!(gw.mock.count(), 0);
 }
